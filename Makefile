@@ -1,0 +1,25 @@
+# The two README commands: `make demo` (the CPU scaling demo) and `make test`.
+# Each creates (or reuses) the virtual environment .venv in the checkout.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum setup.py | cut -d' ' -f1)
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: $(STAMP)
+	$(PY) -m train --config configs/tiny_cpu.py --workdir runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf runs build *.egg-info

@@ -1,0 +1,77 @@
+"""Every field of a chinchax run, each with a one-line comment.
+
+Other config files call `get_config()` from here and override a few fields.
+The whole config is validated once, before anything is compiled, by
+`train.config_check.validate` (messages name the key).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Seeds parameter init and the data order.
+
+  # ---- Model (decoder-only transformer; see model/transformer.py).
+  m = c.model = ml_collections.ConfigDict()
+  m.vocab_size = 2048  # Rows of the embedding table; must be >= the tokenizer's vocabulary.
+  m.d_model = 128  # Residual stream width D.
+  m.n_layers = 2  # Number of transformer blocks L (stacked with nnx.scan).
+  m.n_heads = 4  # Query heads H; must divide d_model (head size = d_model // n_heads).
+  m.n_kv_heads = 4  # Key/value heads for grouped-query attention; must divide n_heads.
+  m.d_ff = 512  # Hidden width F of the SwiGLU MLP.
+  m.rope_theta = 10_000.0  # RoPE base frequency.
+  m.qk_norm = False  # RMSNorm on queries and keys before RoPE (stabilises large models).
+  m.tie_embeddings = False  # Output head reuses the input embedding table.
+  m.norm_eps = 1e-6  # Epsilon of every RMSNorm.
+  m.init_std = 0.02  # Std of the normal init of embeddings and kernels.
+  m.compute_dtype = 'float32'  # Activation/matmul dtype: 'float32' (CPU) or 'bfloat16' (TPU/GPU). Params stay float32.
+  m.remat = 'none'  # Recompute policy per block: 'none', 'full', 'dots' (save matmul outputs), 'dots_no_batch'.
+  m.scan_layers = True  # Stack layers with nnx.scan (compile time flat in depth); False unrolls (for FLOP checks).
+  m.attention_impl = 'xla'  # jax.nn.dot_product_attention implementation: 'xla', 'cudnn' or None (let JAX pick).
+
+  # ---- Data (see train/data.py and train/corpus.py).
+  d = c.data = ml_collections.ConfigDict()
+  d.source = 'synthetic'  # 'synthetic' (learnable random Markov text), 'builtin' (English corpus), 'files' (your own).
+  d.builtin_sources = 'wiki,shakespeare,gutenberg,sotu'  # For source='builtin': sources to use ('bbc' adds BBC News, research use only).
+  d.paths = ''  # For source='files': comma-separated files or globs (.txt, .jsonl with a 'text' field, .parquet).
+  d.tokenizer = 'byte'  # 'byte' (256 byte values, no training) or 'bpe' (sentencepiece, trained to model.vocab_size).
+  d.cache_dir = ''  # Where corpora, tokenizers and token files are cached; '' = ~/.cache/chinchax.
+  d.val_fraction = 0.02  # Fraction of documents held out for validation (split by document, fixed seed).
+  d.seq_len = 128  # Tokens per training window T.
+  d.global_batch_size = 16  # Windows per step across all processes B.
+  d.synthetic_tokens = 2_000_000  # For source='synthetic': tokens generated (train; validation gets 5%).
+  d.worker_count = 0  # grain worker processes (0 = in the main process).
+
+  # ---- Optimisation (optax AdamW, warmup then cosine to min_lr_ratio * peak).
+  o = c.optim = ml_collections.ConfigDict()
+  o.lr = 3e-3  # Peak learning rate.
+  o.warmup_steps = 0  # Linear warmup steps; 0 = use warmup_fraction.
+  o.warmup_fraction = 0.05  # Warmup as a fraction of the planned steps (used when warmup_steps == 0).
+  o.min_lr_ratio = 0.1  # Cosine decays to this fraction of the peak at the planned end (Chinchilla: 10x).
+  o.b1 = 0.9  # Adam beta1.
+  o.b2 = 0.95  # Adam beta2 (0.99-0.999 matters at small batch; Porian et al.).
+  o.eps = 1e-8  # Adam epsilon.
+  o.weight_decay = 0.1  # Decoupled weight decay (not applied to norms).
+  o.grad_clip = 1.0  # Global gradient-norm clip; 0 disables.
+  o.z_loss = 0.0  # Weight of the z-loss (log Z)^2 on the logits; 0 disables.
+
+  # ---- Run length: exactly one of these three is > 0.
+  t = c.train = ml_collections.ConfigDict()
+  t.steps = 300  # Planned optimizer steps.
+  t.tokens = 0  # Or: a token budget D; steps = ceil(D / (B * T)).
+  t.flops = 0.0  # Or: a FLOP budget C; D = C / (6 N), N = params with head.
+  t.eval_every = 100  # Steps between evaluations (and at the end).
+  t.eval_batches = 8  # Batches of validation windows per evaluation.
+  t.log_every = 10  # Steps between console/TensorBoard train logs.
+  t.checkpoint_every = 200  # Steps between orbax checkpoints (and at the end); 0 disables.
+  t.keep_checkpoints = 2  # Most recent checkpoints kept.
+  t.peak_flops = 0.0  # Peak FLOP/s per device for MFU; 0 = look up device_kind (CPU: measured at start).
+
+  # ---- Device mesh: product must equal the device count; -1 = "the rest".
+  s = c.mesh = ml_collections.ConfigDict()
+  s.data = -1  # Pure data parallelism (params replicated).
+  s.fsdp = 1  # Data parallelism with params/optimizer sharded (ZeRO-3 style).
+  s.tensor = 1  # Tensor (model) parallelism over heads and MLP width.
+  s.expert = 1  # Expert parallelism (MoE configs).
+  return c

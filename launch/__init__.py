@@ -1,0 +1,1 @@
+"""chinchax launchers: sweeps as processes (local or TPU VMs)."""

@@ -1,0 +1,1 @@
+"""chinchax model: transformer modules, parameter counts, sharding rules."""

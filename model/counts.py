@@ -1,0 +1,60 @@
+"""Parameter counts and model FLOPs per token as plain functions of the model config.
+
+No module is built: the scaling code calls these directly. The counts match the
+modules in model/transformer.py exactly (tests/test_model.py checks this).
+
+Which N?
+- `non_embedding`: Kaplan et al.'s N (no embedding table, no output head).
+- `with_head`: non-embedding plus the output head's V*D, counted even when the
+  head is tied to the embedding, because its FLOPs are spent either way. This is
+  the N that resolves the Kaplan/Chinchilla discrepancy (Porian et al. 2024) and
+  the project's default N for 6*N*D and for fits.
+- `total`: every stored parameter.
+"""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamCounts:
+  total: int  # Every stored parameter.
+  embedding: int  # Input embedding table V*D.
+  head: int  # Untied output head V*D (0 when tied).
+  non_embedding: int  # Kaplan's N: total - embedding - head.
+  with_head: int  # non_embedding + V*D (the default N).
+
+  def as_dict(self, prefix: str = 'params_') -> dict[str, int]:
+    return {prefix + k: v for k, v in dataclasses.asdict(self).items()}
+
+
+def block_params(cfg) -> int:
+  """Parameters of one transformer block (attention, SwiGLU MLP, two norms)."""
+  D, H, G, F = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_ff
+  K = D // H
+  attn = D * H * K + 2 * D * G * K + H * K * D
+  qk_norm = 2 * K if cfg.qk_norm else 0
+  mlp = 3 * D * F
+  return attn + qk_norm + mlp + 2 * D
+
+
+def param_counts(cfg) -> ParamCounts:
+  """Closed-form parameter counts of `model` config `cfg`."""
+  V, D = cfg.vocab_size, cfg.d_model
+  embedding = V * D
+  head = 0 if cfg.tie_embeddings else V * D
+  non_embedding = cfg.n_layers * block_params(cfg) + D  # + final norm
+  return ParamCounts(total=embedding + head + non_embedding, embedding=embedding, head=head,
+                     non_embedding=non_embedding, with_head=non_embedding + V * D)
+
+
+def model_flops_per_token(cfg, seq_len: int) -> float:
+  """Training model FLOPs per token, PaLM convention: 6*N + 12*L*H*K*T.
+
+  N is `with_head` (every matmul weight a token passes through); the attention
+  term counts the full T x T score and value products (no causal halving, as in
+  PaLM and levanter). Remat recomputation is not included: this is what MFU
+  divides by.
+  """
+  n = param_counts(cfg).with_head
+  attn_dim = cfg.n_heads * (cfg.d_model // cfg.n_heads)
+  return 6.0 * n + 12.0 * cfg.n_layers * attn_dim * seq_len

@@ -1,0 +1,1 @@
+"""chinchax scaling: fits, plans and FLOP/memory accounting."""

@@ -1,0 +1,34 @@
+"""chinchax: measure language-model scaling laws in JAX (Flax NNX, optax, orbax, grain)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name='chinchax',
+    version='0.1.0',
+    description='JAX codebase for language-model scaling experiments',
+    python_requires='>=3.11',
+    packages=find_packages(include=['configs', 'configs.*', 'model', 'model.*', 'train', 'train.*',
+                                    'scaling', 'scaling.*', 'launch', 'launch.*']),
+    # Ranges tested: Python 3.11 (jax 0.10.2) and Python 3.12 (the newest jax pip picks there).
+    install_requires=[
+        'jax>=0.10.2,<0.13',
+        'flax>=0.12.8,<0.13',
+        'optax>=0.2.8,<0.3',
+        'orbax-checkpoint>=0.12.8,<0.13',
+        'grain>=0.2.18,<0.3',
+        'ml-collections>=1.1,<2',
+        'absl-py>=2.1,<3',
+        'tensorboardX>=2.6,<3',
+        'numpy>=2.0,<3',
+        'scipy>=1.14,<2',
+        'matplotlib>=3.9,<4',
+        'sentencepiece>=0.2,<0.3',
+        'etils[epath]>=1.9,<2',
+        'pyarrow>=17',
+        'tqdm>=4.66,<5',
+    ],
+    extras_require={
+        'test': ['pytest>=8,<10'],
+        'tensorboard': ['tensorboard>=2.18'],  # Only to view the logs: `tensorboard --logdir DIR`.
+    },
+)

@@ -1,0 +1,1 @@
+"""chinchax training: data, optimizer, train step, checkpoints, logging. Run: python -m train."""

@@ -1,0 +1,128 @@
+"""Validate a whole run config once, before anything is compiled.
+
+`validate(config, n_devices)` collects every problem it can find and raises a
+single `ConfigError` whose message names each offending key. Nothing here
+touches a device: the model is shape-evaluated only (`nnx.eval_shape`).
+"""
+
+import math
+
+import ml_collections
+
+from model import sharding
+
+REMATS = ('none', 'full', 'dots', 'dots_no_batch')
+DTYPES = ('float32', 'bfloat16', 'float16')
+SOURCES = ('synthetic', 'builtin', 'files')
+TOKENIZERS = ('byte', 'bpe')
+ATTENTION_IMPLS = ('xla', 'cudnn', None)
+
+
+class ConfigError(ValueError):
+  """An invalid config; the message lists every problem, each naming its key."""
+
+
+def _positive_ints(c, section: str, keys, errors):
+  for k in keys:
+    v = c[section][k]
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+      errors.append(f'{section}.{k}={v!r}: must be a positive integer')
+
+
+def _choice(c, section: str, key: str, allowed, errors):
+  v = c[section][key]
+  if v not in allowed:
+    errors.append(f'{section}.{key}={v!r}: must be one of {", ".join(map(repr, allowed))}')
+
+
+def model_errors(m) -> list[str]:
+  """Problems with the `model` block alone (no devices involved)."""
+  errors = []
+  c = {'model': m}
+  _positive_ints(c, 'model', ('vocab_size', 'd_model', 'n_layers', 'n_heads', 'n_kv_heads', 'd_ff'),
+                 errors)
+  if not errors:
+    if m.d_model % m.n_heads:
+      errors.append(f'model.n_heads={m.n_heads} does not divide model.d_model={m.d_model}')
+    elif (m.d_model // m.n_heads) % 2:
+      errors.append(f'model.d_model // model.n_heads = {m.d_model // m.n_heads}: the head size '
+                    'must be even for rotary embeddings')
+    if m.n_heads % m.n_kv_heads:
+      errors.append(f'model.n_kv_heads={m.n_kv_heads} does not divide model.n_heads={m.n_heads}')
+  for k in ('rope_theta', 'init_std', 'norm_eps'):
+    if not m[k] > 0:
+      errors.append(f'model.{k}={m[k]!r}: must be > 0')
+  _choice(c, 'model', 'compute_dtype', DTYPES, errors)
+  _choice(c, 'model', 'remat', REMATS, errors)
+  _choice(c, 'model', 'attention_impl', ATTENTION_IMPLS, errors)
+  return errors
+
+
+def validate(config: ml_collections.ConfigDict, n_devices: int) -> dict[str, int]:
+  """Check `config` for a run on `n_devices`; return the resolved mesh shape.
+
+  Raises ConfigError listing every problem found.
+  """
+  errors = model_errors(config.model)
+  c = config
+  _positive_ints(c, 'data', ('seq_len', 'global_batch_size', 'synthetic_tokens'), errors)
+  _choice(c, 'data', 'source', SOURCES, errors)
+  _choice(c, 'data', 'tokenizer', TOKENIZERS, errors)
+  if c.data.source == 'files' and not c.data.paths:
+    errors.append("data.paths is empty but data.source='files' needs files or globs")
+  if not 0 < c.data.val_fraction < 1:
+    errors.append(f'data.val_fraction={c.data.val_fraction}: must be in (0, 1)')
+  if c.data.worker_count < 0:
+    errors.append(f'data.worker_count={c.data.worker_count}: must be >= 0')
+
+  o = c.optim
+  for k in ('lr', 'b1', 'b2', 'eps'):
+    if not o[k] > 0:
+      errors.append(f'optim.{k}={o[k]!r}: must be > 0')
+  for k in ('b1', 'b2'):
+    if not o[k] < 1:
+      errors.append(f'optim.{k}={o[k]!r}: must be < 1')
+  for k in ('weight_decay', 'grad_clip', 'z_loss', 'warmup_steps'):
+    if o[k] < 0:
+      errors.append(f'optim.{k}={o[k]!r}: must be >= 0')
+  if not 0 <= o.warmup_fraction < 1:
+    errors.append(f'optim.warmup_fraction={o.warmup_fraction}: must be in [0, 1)')
+  if not 0 <= o.min_lr_ratio <= 1:
+    errors.append(f'optim.min_lr_ratio={o.min_lr_ratio}: must be in [0, 1]')
+
+  t = c.train
+  lengths = [k for k in ('steps', 'tokens', 'flops') if t[k] != 0]
+  for k in ('steps', 'tokens', 'flops'):
+    if t[k] < 0:
+      errors.append(f'train.{k}={t[k]}: must be >= 0')
+  if len(lengths) != 1:
+    errors.append('train.steps, train.tokens, train.flops: set exactly one of them > 0 '
+                  f'(got {", ".join(f"train.{k}={t[k]}" for k in ("steps", "tokens", "flops"))})')
+  _positive_ints(c, 'train', ('eval_every', 'eval_batches', 'log_every', 'keep_checkpoints'), errors)
+  for k in ('checkpoint_every', 'peak_flops'):
+    if t[k] < 0:
+      errors.append(f'train.{k}={t[k]}: must be >= 0')
+
+  try:
+    mesh = sharding.resolve_mesh_shape(c.mesh, n_devices)
+  except ValueError as e:
+    errors.append(str(e))
+    mesh = None
+  if mesh is not None:
+    batch_shards = math.prod(mesh[a] for a in dict(sharding.RULES)['batch'])
+    if c.data.global_batch_size % batch_shards:
+      errors.append(f'data.global_batch_size={c.data.global_batch_size} is not divisible by the '
+                    f'batch-sharding mesh axes data*fsdp*expert={batch_shards}')
+    if not any(e.startswith('model.') for e in errors):
+      errors += [f'{e} (check model.* sizes against mesh.*)'
+                 for e in sharding.divisibility_errors(_abstract_params(c.model), mesh)]
+  if errors:
+    raise ConfigError('invalid config:\n  - ' + '\n  - '.join(errors))
+  return mesh
+
+
+def _abstract_params(model_cfg):
+  from flax import nnx  # Local: keeps `import train.config_check` light.
+  from model.transformer import Transformer
+  abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
+  return nnx.state(abstract, nnx.Param)

@@ -1,0 +1,72 @@
+"""What a run reports: TensorBoard scalars, the loss curve, summary.json, the console.
+
+Only process 0 writes. Files that other tools read (`curve.json`,
+`summary.json`) are written to a temporary name and renamed, so a reader never
+sees half a file.
+"""
+
+import json
+import os
+import time
+
+import jax
+
+
+def write_json_atomic(path: str, obj) -> None:
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, default=_jsonable)
+  os.replace(tmp, path)
+
+
+def _jsonable(x):
+  if hasattr(x, 'item'):
+    return x.item()
+  if hasattr(x, 'to_dict'):
+    return x.to_dict()
+  return str(x)
+
+
+class Reporter:
+  """TensorBoard (tensorboardX) events, curve.json rows and console lines, from process 0."""
+
+  def __init__(self, workdir: str, total_steps: int, resume_step: int = 0):
+    self.workdir, self.total_steps = workdir, total_steps
+    self.enabled = jax.process_index() == 0
+    self.curve_path = os.path.join(workdir, 'curve.json')
+    self.curve = []
+    self.writer = None
+    if self.enabled:
+      from tensorboardX import SummaryWriter  # Local: only process 0 needs it.
+      self.writer = SummaryWriter(logdir=workdir, flush_secs=10)
+      if os.path.exists(self.curve_path):  # Resumed: keep rows up to the restored step.
+        with open(self.curve_path) as f:
+          self.curve = [r for r in json.load(f) if r['step'] <= resume_step]
+
+  def text(self, tag: str, text: str) -> None:
+    if self.enabled:
+      self.writer.add_text(tag, text, 0)
+
+  def scalars(self, step: int, values: dict[str, float], prefix: str) -> None:
+    if self.enabled:
+      for k, v in values.items():
+        if v is not None:
+          self.writer.add_scalar(f'{prefix}/{k}', float(v), step)
+
+  def curve_row(self, row: dict) -> None:
+    if self.enabled:
+      self.curve.append(row)
+
+  def flush(self) -> None:
+    if self.enabled:
+      write_json_atomic(self.curve_path, self.curve)
+      self.writer.flush()
+
+  def console(self, line: str) -> None:
+    if self.enabled:
+      print(f'[{time.strftime("%H:%M:%S")}] {line}', flush=True)
+
+  def close(self) -> None:
+    if self.enabled:
+      self.flush()
+      self.writer.close()

@@ -1,0 +1,46 @@
+"""Run length, learning-rate schedule and the optax optimizer."""
+
+import math
+
+import jax
+import optax
+
+from model.counts import param_counts
+
+
+def planned_steps(config) -> int:
+  """Optimizer steps from whichever of train.steps / train.tokens / train.flops is set.
+
+  A FLOP budget C becomes tokens D = C / (6 N) with N = params with head.
+  """
+  t, d = config.train, config.data
+  tokens_per_step = d.global_batch_size * d.seq_len
+  if t.steps:
+    return int(t.steps)
+  tokens = t.tokens or t.flops / (6 * param_counts(config.model).with_head)
+  return max(1, math.ceil(tokens / tokens_per_step))
+
+
+def schedule(config) -> optax.Schedule:
+  """Linear warmup to optim.lr, cosine decay to min_lr_ratio * lr at the planned end."""
+  o, steps = config.optim, planned_steps(config)
+  warmup = o.warmup_steps or int(o.warmup_fraction * steps)
+  warmup = min(warmup, steps - 1)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=o.lr, warmup_steps=warmup, decay_steps=steps,
+      end_value=o.lr * o.min_lr_ratio)
+
+
+def _decay_mask(params):
+  """Weight decay on matrices only: not on norm scales (their path ends in 'scale')."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: not any(getattr(k, 'key', None) == 'scale' for k in path), params)
+
+
+def optimizer(config) -> optax.GradientTransformation:
+  o = config.optim
+  adamw = optax.adamw(schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
+                      weight_decay=o.weight_decay, mask=_decay_mask)
+  if o.grad_clip > 0:
+    return optax.chain(optax.clip_by_global_norm(o.grad_clip), adamw)
+  return adamw
