@@ -1,9 +1,9 @@
 """python -m train --config configs/tiny_cpu.py --workdir DIR [--config.model.d_model=256 ...]"""
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from train import cli
 
 config_flags.DEFINE_config_file('config', None, 'Config file (a get_config() module).',
                                 lock_config=True)
@@ -24,19 +24,15 @@ def main(argv):
   import jax
   F = flags.FLAGS
   if F.coordinator:
-    if jax.default_backend() == 'cpu' or F.num_processes:
-      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    # CPU collectives across processes need gloo; the setting does nothing on TPU/GPU.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(F.coordinator, num_processes=F.num_processes,
                                process_id=F.process_id)
   elif F.multihost:
     jax.distributed.initialize()
-  from train import config_check, loop
-  try:
-    loop.run(F.config, F.workdir)
-  except config_check.ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  from train import loop
+  loop.run(F.config, F.workdir)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -13,7 +13,7 @@ from model import sharding
 
 REMATS = ('none', 'full', 'dots', 'dots_no_batch')
 DTYPES = ('float32', 'bfloat16', 'float16')
-SOURCES = ('synthetic', 'builtin', 'files')
+SOURCES = ('synthetic', 'builtin', 'files', 'arrayrecord')
 TOKENIZERS = ('byte', 'bpe')
 ATTENTION_IMPLS = ('xla', 'cudnn', None)
 
@@ -41,12 +41,14 @@ def model_errors(m) -> list[str]:
   c = {'model': m}
   _positive_ints(c, 'model', ('vocab_size', 'd_model', 'n_layers', 'n_heads', 'n_kv_heads', 'd_ff'),
                  errors)
-  if not errors:
+  bad = {e.split('=')[0] for e in errors}
+  if not bad & {'model.d_model', 'model.n_heads'}:
     if m.d_model % m.n_heads:
       errors.append(f'model.n_heads={m.n_heads} does not divide model.d_model={m.d_model}')
     elif (m.d_model // m.n_heads) % 2:
       errors.append(f'model.d_model // model.n_heads = {m.d_model // m.n_heads}: the head size '
                     'must be even for rotary embeddings')
+  if not bad & {'model.n_heads', 'model.n_kv_heads'}:
     if m.n_heads % m.n_kv_heads:
       errors.append(f'model.n_kv_heads={m.n_kv_heads} does not divide model.n_heads={m.n_heads}')
   for k in ('rope_theta', 'init_std', 'norm_eps'):
@@ -70,6 +72,10 @@ def validate(config: ml_collections.ConfigDict, n_devices: int) -> dict[str, int
   _choice(c, 'data', 'tokenizer', TOKENIZERS, errors)
   if c.data.source == 'files' and not c.data.paths:
     errors.append("data.paths is empty but data.source='files' needs files or globs")
+  if c.data.source == 'arrayrecord':  # Pre-tokenized ArrayRecord files (train/arrayrecord.py).
+    for k in ('paths', 'val_paths'):
+      if not c.data.get(k):
+        errors.append(f"data.{k} is empty but data.source='arrayrecord' needs ArrayRecord files or globs")
   if not 0 < c.data.val_fraction < 1:
     errors.append(f'data.val_fraction={c.data.val_fraction}: must be in (0, 1)')
   if c.data.worker_count < 0:

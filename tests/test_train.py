@@ -1,0 +1,81 @@
+"""End-to-end training on synthetic tokens: outputs, resume, refusal to resume a different run, NaN."""
+
+import glob
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from configs import base
+from train import loop
+from train.config_check import ConfigError
+
+SUMMARY_KEYS = ('params_total', 'params_embedding', 'params_non_embedding', 'params_with_head',
+                'tokens', 'steps', 'flops_6nd', 'final_train_loss', 'eval_loss', 'tokens_per_sec',
+                'mfu', 'config')
+
+
+def small_config(steps=20):
+  c = base.get_config()
+  c.model.update(dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64))
+  c.data.update(dict(seq_len=16, global_batch_size=8, synthetic_tokens=40_000))
+  c.train.update(dict(steps=steps, eval_every=10, log_every=5, checkpoint_every=10,
+                      eval_batches=2, peak_flops=1e11))
+  c.optim.lr = 1e-2
+  return c
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('run'))
+  return workdir, loop.run(small_config(), workdir)
+
+
+def test_run_writes_summary_curve_events_and_checkpoints(finished_run):
+  workdir, summary = finished_run
+  on_disk = json.load(open(os.path.join(workdir, 'summary.json')))
+  for k in SUMMARY_KEYS:
+    assert k in on_disk and on_disk[k] is not None, k
+  assert on_disk['steps'] == 20 and on_disk['tokens'] == 20 * 8 * 16
+  assert on_disk['flops_6nd'] == 6 * on_disk['params_with_head'] * on_disk['tokens']
+  assert 0 < on_disk['mfu'] < 1
+  assert on_disk['final_train_loss'] == pytest.approx(summary['final_train_loss'])
+  curve = json.load(open(os.path.join(workdir, 'curve.json')))
+  evals = [r for r in curve if r['eval_loss'] is not None]
+  assert [r['step'] for r in evals] == [10, 20]
+  assert curve[-1]['flops'] == pytest.approx(on_disk['flops_6nd'])
+  assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['10', '20']
+  # The loss visibly falls from ln(64) = 4.16 on the learnable synthetic chain.
+  assert curve[0]['train_loss'] > 3.5 and on_disk['eval_loss'] < 3.0
+
+
+def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(finished_run, tmp_path):
+  workdir, summary = finished_run
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(workdir, copy)
+  shutil.rmtree(os.path.join(copy, 'checkpoints', '20'))  # As if killed after step 10's save.
+  os.remove(os.path.join(copy, 'summary.json'))
+  resumed = loop.run(small_config(), copy)
+  np.testing.assert_allclose(resumed['final_train_loss'], summary['final_train_loss'], rtol=1e-5)
+  np.testing.assert_allclose(resumed['eval_loss'], summary['eval_loss'], rtol=1e-5)
+  curve = json.load(open(os.path.join(copy, 'curve.json')))
+  assert [r['step'] for r in curve if r['eval_loss'] is not None] == [10, 20]
+
+
+def test_refuses_to_resume_a_different_run(finished_run):
+  workdir, _ = finished_run
+  c = small_config()
+  c.model.d_model = 64
+  with pytest.raises(ConfigError, match='model differ'):
+    loop.run(c, workdir)
+
+
+def test_non_finite_loss_stops_without_checkpointing_nan(tmp_path):
+  c = small_config()
+  c.optim.update(dict(lr=1e9, grad_clip=0.0, weight_decay=0.0, warmup_steps=1))
+  with pytest.raises(FloatingPointError, match='training loss became'):
+    loop.run(c, str(tmp_path))
+  assert not os.path.exists(os.path.join(tmp_path, 'summary.json'))
