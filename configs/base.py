@@ -32,9 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- Data (see train/data.py and train/corpus.py).
   d = c.data = ml_collections.ConfigDict()
-  d.source = 'synthetic'  # 'synthetic' (learnable random Markov text), 'builtin' (English corpus), 'files' (your own).
+  d.source = 'synthetic'  # 'synthetic' (learnable random Markov text), 'builtin' (English corpus), 'files' (your own), 'arrayrecord' (pre-tokenized).
   d.builtin_sources = 'wiki,shakespeare,gutenberg,sotu'  # For source='builtin': sources to use ('bbc' adds BBC News, research use only).
-  d.paths = ''  # For source='files': comma-separated files or globs (.txt, .jsonl with a 'text' field, .parquet).
+  d.paths = ''  # For source='files': comma-separated files or globs (.txt, .jsonl with a 'text' field, .parquet); 'arrayrecord': training ArrayRecord files.
+  d.val_paths = ''  # For source='arrayrecord': comma-separated validation ArrayRecord files or globs (local or gs://).
   d.tokenizer = 'byte'  # 'byte' (256 byte values, no training) or 'bpe' (sentencepiece, trained to model.vocab_size).
   d.cache_dir = ''  # Where corpora, tokenizers and token files are cached; '' = ~/.cache/chinchax.
   d.val_fraction = 0.02  # Fraction of documents held out for validation (split by document, fixed seed).

@@ -53,7 +53,7 @@ from train import tokens as tokens_lib
 
 log = logging.getLogger(__name__)
 
-VALID_SOURCES = ('synthetic', 'builtin', 'files')  # 'synthetic' lives in train/data.py.
+VALID_SOURCES = ('synthetic', 'builtin', 'files', 'arrayrecord')  # 'synthetic': train/data.py; 'arrayrecord': train/arrayrecord.py.
 MAX_DOC_BYTES = 1 << 16  # Longer texts are cut at paragraph breaks into ~64 KiB documents.
 _PIPELINE_VERSION = 1  # Bump when normalising, chunking or splitting changes.
 
@@ -583,6 +583,9 @@ def prepare_splits(data_cfg, *, vocab_size: int, seed: int) -> Splits:
     Splits; a second call with the same arguments reuses the cached files.
   """
   source = data_cfg.source
+  if source == 'arrayrecord':  # Pre-tokenized files: nothing to build, split or cache.
+    from train import arrayrecord  # pylint: disable=g-import-not-at-top
+    return arrayrecord.prepare_splits(data_cfg, vocab_size=vocab_size)
   if source not in ('builtin', 'files'):
     raise ValueError(f'data.source={source!r} is not one of {", ".join(map(repr, VALID_SOURCES))} '
                      "('synthetic' is handled by train/data.py).")
