@@ -1,6 +1,7 @@
 """Memory arithmetic per stage: training state, LoRA/QLoRA, inference weights, KV cache.
 
-The analytic part here is pure Python (no JAX import). Conventions:
+The analytic part here is pure Python (no JAX import); parameter counts come
+from `model.counts` (also JAX-free), the one place that counts. Conventions:
   * Bytes are plain bytes; tables show GB = 1e9 bytes (the guide's 7B -> 14 GB
     is decimal). `train.hardware` stores device memory in bytes.
   * "Total" means summed over all devices; "per device" says so in the name.
@@ -16,6 +17,8 @@ of it evenly over the devices; plain data parallelism replicates it.
 
 import dataclasses
 import math
+
+from model import counts
 
 GB = 1e9  # Display unit: decimal gigabytes.
 
@@ -89,6 +92,7 @@ class ModelShape:
   d_ff: int
   vocab_size: int | None = None
   tie_embeddings: bool = False
+  qk_norm: bool = False  # RMSNorm scales on queries and keys (2 * head_dim per layer).
 
   def __post_init__(self):
     for name in ('n_layers', 'd_model', 'n_heads', 'n_kv_heads', 'd_ff', 'vocab_size'):
@@ -112,7 +116,8 @@ class ModelShape:
     return cls(
         n_layers=get('n_layers'), d_model=get('d_model'), n_heads=get('n_heads'),
         n_kv_heads=get('n_kv_heads') or get('n_heads'), d_ff=get('d_ff'),
-        vocab_size=get('vocab_size'), tie_embeddings=bool(get('tie_embeddings', False)))
+        vocab_size=get('vocab_size'), tie_embeddings=bool(get('tie_embeddings', False)),
+        qk_norm=bool(get('qk_norm', False)))
 
 
 def block_matrices(shape: ModelShape) -> dict[str, tuple[int, int]]:
@@ -130,17 +135,14 @@ def block_matrices(shape: ModelShape) -> dict[str, tuple[int, int]]:
 
 
 def shape_param_count(shape: ModelShape) -> int:
-  """Total parameters of the shape: embeddings, blocks (incl. 2 RMSNorm scales), final norm, head.
+  """Total stored parameters of the shape (`model.counts.param_counts(shape).total`).
 
-  Needs vocab_size. The head is counted unless tie_embeddings (then it reuses
-  the embedding table). Excludes optional qk-norm scales (2*head_dim per layer).
+  Embeddings, blocks (incl. 2 RMSNorm scales, and qk-norm scales if
+  `qk_norm`), final norm and the head unless `tie_embeddings`. Needs vocab_size.
   """
   if shape.vocab_size is None:
     raise ValueError('model shape: vocab_size is needed to count parameters (--vocab-size)')
-  per_block = sum(i * o for i, o in block_matrices(shape).values()) + 2 * shape.d_model
-  embed = shape.vocab_size * shape.d_model
-  head = 0 if shape.tie_embeddings else shape.vocab_size * shape.d_model
-  return embed + shape.n_layers * per_block + shape.d_model + head
+  return counts.param_counts(shape).total
 
 
 def lora_params(shape: ModelShape, rank: int, targets: tuple[str, ...] = LORA_TARGETS_ALL) -> int:
@@ -242,3 +244,78 @@ def memory_stages(n_params: float, n_devices: int = 1, device_bytes: float | Non
     add('inference fp16 weights + KV cache', 'sum of the two rows above',
         weight_bytes(n_params, 'fp16') + kv, 'sharded')
   return rows
+
+
+# ------------------------------------------------ a run's training memory per device (analytic)
+
+DTYPE_BYTES: dict[str, int] = {'float32': 4, 'bfloat16': 2, 'float16': 2}
+PARAM_BYTES = 4  # chinchax keeps parameters, gradients and Adam moments in float32.
+
+
+def activation_elements_per_token(model_cfg, seq_len: int, tensor: int = 1) -> dict[str, float]:
+  """Activation elements per token kept for the backward pass, per device (tensor-sharded parts / `tensor`).
+
+  A hand count of what the model in model/transformer.py saves, by remat policy:
+    none: per layer, attention 4D (norm in/out, out-proj, residual) + q, k, v
+      and the rotated q, k (2HK + 3GK) + the T x T scores and probabilities
+      (2HT); MLP 3D + 4F (norm in/out, down; gate, up, silu, product).
+    dots: only matmul outputs: q, k, v (HK + 2GK), scores (HT), attention out
+      (HK), out-proj and down (2D), gate and up (2F).
+    dots_no_batch: matmuls with weights only (no T x T scores, no attention out).
+    full: the block input (D); one block's 'none' set is live at a time.
+  Outside the layers: embeddings out and final norm (2D), float32 logits, their
+  softmax and gradient (3V; always float32, counted at 4 bytes by the caller).
+  Returns {'layers': per token over all layers, 'one_layer_recompute': the
+  extra live set under 'full' remat, 'logits': float32 elements per token,
+  'other': the 2D outside}.
+  """
+  D, H, G, F, L = model_cfg.d_model, model_cfg.n_heads, model_cfg.n_kv_heads, model_cfg.d_ff, model_cfg.n_layers
+  K = D // H
+  tp = max(1, int(tensor))
+  heads = (2 * H * K + 3 * G * K + 2 * H * seq_len) / tp
+  full_layer = 7 * D + heads + 4 * F / tp
+  if model_cfg.remat == 'none':
+    per_layer, recompute = full_layer, 0.0
+  elif model_cfg.remat == 'dots':
+    per_layer, recompute = 2 * D + (2 * H * K + 2 * G * K + H * seq_len + 2 * F) / tp, 0.0
+  elif model_cfg.remat == 'dots_no_batch':
+    per_layer, recompute = 2 * D + (H * K + 2 * G * K + 2 * F) / tp, 0.0
+  elif model_cfg.remat == 'full':
+    per_layer, recompute = D, full_layer
+  else:
+    raise ValueError(f'model.remat={model_cfg.remat!r}: unknown remat policy')
+  return {'layers': L * per_layer, 'one_layer_recompute': recompute,
+          'logits': 3 * model_cfg.vocab_size / tp, 'other': 2 * D}
+
+
+def training_memory_per_device(model_cfg, seq_len: int, global_batch_size: int,
+                               mesh_sizes: dict[str, int]) -> dict[str, float]:
+  """Analytic bytes PER DEVICE of one train step: params, grads, Adam state, activations.
+
+  Layout (model/sharding.py RULES): every weight matrix has one dimension on
+  `fsdp` and one on `tensor`, so matrices divide by fsdp*tensor; norm scales are
+  replicated. Params, grads and both Adam moments are float32 (4 B each: 16 B
+  per parameter, the same total as the mixed-precision rule 2+2+4+4+4, reached
+  differently). Activations use `model.compute_dtype` (logits float32) over the
+  B*T/(data*fsdp*expert) tokens of one device; see activation_elements_per_token.
+  XLA workspace and fragmentation are not modelled.
+  """
+  c = counts.param_counts(model_cfg)
+  fsdp, tp = int(mesh_sizes.get('fsdp', 1)), int(mesh_sizes.get('tensor', 1))
+  batch_shards = int(mesh_sizes.get('data', 1)) * fsdp * int(mesh_sizes.get('expert', 1))
+  D, L = model_cfg.d_model, model_cfg.n_layers
+  K = D // model_cfg.n_heads
+  norm_params = L * (2 * D + (2 * K if model_cfg.qk_norm else 0)) + D
+  per_device_params = (c.total - norm_params) / (fsdp * tp) + norm_params
+  params = per_device_params * PARAM_BYTES
+  tokens = global_batch_size * seq_len / batch_shards
+  act = activation_elements_per_token(model_cfg, seq_len, tp)
+  dt = DTYPE_BYTES[model_cfg.compute_dtype]
+  activations = tokens * (dt * (act['layers'] + act['one_layer_recompute'] + act['other'])
+                          + 4 * act['logits'])
+  out = {'params': params, 'grads': params, 'optimizer': 2 * params, 'activations': activations,
+         'params_per_device': per_device_params, 'tokens_per_device': tokens}
+  out['state'] = out['params'] + out['optimizer']
+  out['total'] = out['state'] + out['grads'] + activations
+  out['rule_16_bytes'] = adam_bytes_per_param() * per_device_params
+  return out

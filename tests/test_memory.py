@@ -130,3 +130,44 @@ def test_memory_stages_rows():
   assert kv['bytes_total'] == pytest.approx(327_680 * 4096 * 4)
   qlora = next(r for r in rows if r['stage'].startswith('QLoRA'))
   assert qlora['devices_needed'] == 1  # ~34.5 GB base + ~1.6 GB adapters+Adam on one 80 GB device.
+
+
+def _tiny_model(**kw):
+  from configs import base
+  m = base.get_config().model
+  for k, v in kw.items():
+    m[k] = v
+  return m
+
+
+def test_training_memory_is_16_bytes_per_param_and_fsdp_tensor_divide_matrices():
+  from model.counts import param_counts
+  m = _tiny_model()
+  one = memory.training_memory_per_device(m, 128, 16, {'data': 1, 'fsdp': 1, 'tensor': 1})
+  n = param_counts(m).total
+  assert one['params'] == 4 * n and one['grads'] == 4 * n and one['optimizer'] == 8 * n
+  assert one['params'] + one['grads'] + one['optimizer'] == one['rule_16_bytes'] == 16 * n
+  four = memory.training_memory_per_device(m, 128, 16, {'data': 2, 'fsdp': 2, 'tensor': 2})
+  norms = m.n_layers * 2 * m.d_model + m.d_model  # Replicated: not divided.
+  assert four['params_per_device'] == (n - norms) / 4 + norms
+  assert four['tokens_per_device'] == 128 * 16 / 4  # The batch splits over data * fsdp.
+
+
+def test_activation_memory_follows_remat_and_dtype():
+  # 8 layers: with 2, full remat's one recomputed layer outweighs what it saves.
+  act = {r: memory.training_memory_per_device(_tiny_model(remat=r, n_layers=8), 128, 16, {})['activations']
+         for r in ('none', 'dots', 'dots_no_batch', 'full')}
+  assert act['full'] < act['dots_no_batch'] < act['dots'] < act['none']
+  bf16 = memory.training_memory_per_device(_tiny_model(compute_dtype='bfloat16', n_layers=8), 128, 16, {})
+  assert bf16['activations'] < act['none']  # Logits stay float32: less than halved.
+  assert bf16['activations'] > act['none'] / 2
+  with pytest.raises(ValueError, match='remat'):
+    memory.training_memory_per_device(_tiny_model(remat='some'), 128, 16, {})
+
+
+def test_shape_param_count_is_model_counts():
+  from configs import base
+  from model.counts import param_counts
+  m = base.get_config().model
+  m.qk_norm = True
+  assert memory.shape_param_count(memory.ModelShape.from_config(m)) == param_counts(m).total

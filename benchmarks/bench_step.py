@@ -1,0 +1,155 @@
+"""Benchmark one config's train step on this machine (measures; asserts nothing).
+
+  PYTHONPATH=. python -m benchmarks.bench_step --config configs/tiny_cpu.py [--config.k=v ...] \
+      [--steps 10] [--json OUT.json] [--depths 4,32]
+
+In one process: (1) the float32 matmul peak of one device (the MFU denominator
+on CPUs, measured next to the step, as big_vision does); (2) the train step of
+the config on all local devices: compile time, then after warm-up the median
+of `--steps` timed steps: tokens/s, achieved model FLOP/s (PaLM count,
+model.counts.model_flops_per_token, remat excluded), MFU = achieved / (peak x
+devices), and the compiled program's peak memory per device (memory_analysis);
+(3) compile time of the same config with 4 and with 32 scanned layers (scan
+keeps it flat in depth). Prints a table; --json writes the same numbers.
+"""
+
+import json
+import statistics
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file('config', None, 'Config file (a get_config() module).',
+                                lock_config=True)
+flags.DEFINE_integer('steps', 10, 'Timed steps (after 2 warm-up steps).')
+flags.DEFINE_string('json', None, 'Write the results as JSON to this file.')
+flags.DEFINE_string('depths', '4,32', 'Layer counts whose compile time is compared ("" skips).')
+flags.DEFINE_integer('matmul_n', 1024, 'Size of the square matmul that measures the peak.')
+flags.mark_flags_as_required(['config'])
+
+
+def _compile_seconds(config, mesh) -> float:
+  from scaling import flops
+  t = time.perf_counter()
+  flops.lower_train_step(config, mesh).compile()
+  return time.perf_counter() - t
+
+
+def run(config, steps: int, depths: list[int], matmul_n: int) -> dict:
+  import copy
+
+  import jax
+  import numpy as np
+
+  from model import counts, sharding
+  from train import hardware
+  from train import step as step_lib
+
+  peak = hardware.measure_matmul_peak(n=matmul_n, dtype='float32')
+  mesh = sharding.make_mesh(config.mesh, jax.devices())
+  n_dev = mesh.devices.size
+  d = config.data
+  tokens_per_step = d.global_batch_size * d.seq_len
+  program = step_lib.build(config, mesh)
+  with sharding.use_mesh(mesh):
+    t = time.perf_counter()
+    compiled = program.train_step.lower(program.abstract_state(config),
+                                        program.abstract_batch(config)).compile()
+    compile_s = time.perf_counter() - t
+    state = step_lib.init_state(config, program)
+    rng = np.random.default_rng(0)
+    tok = rng.integers(0, config.model.vocab_size, (d.global_batch_size, d.seq_len), dtype=np.int32)
+    batch = {k: jax.device_put(tok, program.batch_sharding) for k in ('inputs', 'targets')}
+    for _ in range(2):
+      state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(steps):
+      t = time.perf_counter()
+      state, metrics = compiled(state, batch)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - t)
+  step_s = statistics.median(times)
+  tps = tokens_per_step / step_s
+  model_flops = tps * counts.model_flops_per_token(config.model, d.seq_len)
+  mem = compiled.memory_analysis()
+  peak_mem = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+              + mem.temp_size_in_bytes) if mem is not None else None
+  depth_rows = {}
+  for L in depths:
+    if L == config.model.n_layers and config.model.scan_layers:
+      depth_rows[L] = compile_s  # Already compiled above.
+      continue
+    cfg = copy.deepcopy(config)
+    with cfg.unlocked():
+      cfg.model.n_layers = L
+      cfg.model.scan_layers = True
+    depth_rows[L] = _compile_seconds(cfg, mesh)
+  return {
+      'device_kind': jax.devices()[0].device_kind, 'n_devices': n_dev,
+      'matmul_peak_flops_per_device': peak, 'matmul_n': matmul_n,
+      'compile_seconds': compile_s, 'step_seconds_median': step_s, 'timed_steps': steps,
+      'tokens_per_sec': tps, 'model_flops_per_sec': model_flops,
+      'mfu': model_flops / (peak * n_dev),
+      'peak_memory_bytes_per_device': peak_mem,
+      'compile_seconds_by_layers_scanned': depth_rows,
+      'config': {'n_layers': config.model.n_layers, 'd_model': config.model.d_model,
+                 'seq_len': d.seq_len, 'global_batch_size': d.global_batch_size,
+                 'remat': config.model.remat, 'compute_dtype': config.model.compute_dtype},
+  }
+
+
+def format_results(r: dict) -> str:
+  c = r['config']
+  rows = [
+      ('config', f"L={c['n_layers']} d={c['d_model']} T={c['seq_len']} B={c['global_batch_size']} "
+                 f"remat={c['remat']} {c['compute_dtype']}"),
+      ('devices', f"{r['n_devices']} x {r['device_kind']}"),
+      (f"float32 matmul peak (n={r['matmul_n']}), per device", f"{r['matmul_peak_flops_per_device']:.4g} FLOP/s"),
+      ('compile time', f"{r['compile_seconds']:.2f} s"),
+      (f"step time (median of {r['timed_steps']})", f"{1e3 * r['step_seconds_median']:.1f} ms"),
+      ('tokens/s', f"{r['tokens_per_sec']:,.0f}"),
+      ('achieved model FLOP/s (6N + 12LHQT)', f"{r['model_flops_per_sec']:.4g}"),
+      ('MFU (vs measured matmul peak)', f"{100 * r['mfu']:.1f}%"),
+      ('peak memory per device (memory_analysis)',
+       'n/a' if r['peak_memory_bytes_per_device'] is None else f"{r['peak_memory_bytes_per_device'] / 1e6:.1f} MB"),
+  ]
+  rows += [(f'compile time, {L} scanned layers', f'{s:.2f} s')
+           for L, s in r['compile_seconds_by_layers_scanned'].items()]
+  return '\n'.join(f'{k:<44} {v}' for k, v in rows)
+
+
+def _parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    print(f'error: bad flags or unknown --config key: {e} (fields: configs/base.py)', file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv):
+  if len(argv) > 1:
+    print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
+    sys.exit(2)
+  import jax
+
+  from train import config_check
+  F = flags.FLAGS
+  try:
+    config_check.validate(F.config, jax.device_count())
+    depths = [int(x) for x in F.depths.split(',') if x.strip()]
+  except (config_check.ConfigError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  r = run(F.config, F.steps, depths, F.matmul_n)
+  print(format_results(r))
+  if F.json:
+    with open(F.json, 'w') as f:
+      json.dump(r, f, indent=1)
+    print(f'wrote {F.json}')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=_parse_flags)
