@@ -10,10 +10,10 @@ import math
 import ml_collections
 
 from model import sharding
+from train.corpus import VALID_SOURCES as SOURCES
 
 REMATS = ('none', 'full', 'dots', 'dots_no_batch')
 DTYPES = ('float32', 'bfloat16', 'float16')
-SOURCES = ('synthetic', 'builtin', 'files', 'arrayrecord')
 TOKENIZERS = ('byte', 'bpe')
 ATTENTION_IMPLS = ('xla', 'cudnn', None)
 

@@ -8,23 +8,15 @@ iterator's state is checkpointed with the model, so a resumed run sees exactly
 the batches it would have seen.
 """
 
-import dataclasses
-
 import grain
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
 from model import sharding
+from train import corpus
+from train.corpus import Splits
 from train.tokens import TokenFile
-
-
-@dataclasses.dataclass
-class Splits:
-  train: TokenFile
-  val: TokenFile
-  tokenizer_name: str
-  manifest: dict
 
 
 class Windows(grain.sources.RandomAccessDataSource):
@@ -123,6 +115,4 @@ def prepare_splits(config) -> Splits:
                                 tokenizer_name='synthetic')
     return Splits(mk(stream[:d.synthetic_tokens]), mk(stream[d.synthetic_tokens:]), 'synthetic',
                   {'source': 'synthetic', 'tokens': int(stream.size)})
-  from train import corpus  # Local: only real-text runs need it.
-  s = corpus.prepare_splits(d, vocab_size=config.model.vocab_size, seed=config.seed)
-  return Splits(s.train, s.val, s.tokenizer_name, s.manifest)
+  return corpus.prepare_splits(d, vocab_size=config.model.vocab_size, seed=config.seed)
