@@ -92,7 +92,7 @@ def run(config, workdir: str) -> dict:
 
   peak, peak_source = hardware.peak_flops_per_device(config.train.peak_flops)
   peak_total = peak * jax.device_count()
-  report = Reporter(workdir, steps, resume_step=start)
+  report = Reporter(workdir, resume_step=start)
   report.console(f'{counts.total:,} params ({counts.with_head:,} with head, '
                  f'{counts.non_embedding:,} non-embedding) | mesh {mesh_shape} | '
                  f'{steps} steps x {tokens_per_step:,} tokens | data {splits.tokenizer_name} '
