@@ -12,11 +12,12 @@ install: $(STAMP)
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,tpu-aot]'
 	rm -f $(VENV)/.installed-* && touch $@
 
+# The demo is the CPU path: JAX_PLATFORMS=cpu keeps jax from probing libtpu (installed for the AOT tests).
 demo: $(STAMP)
-	$(PY) -m train --config configs/tiny_cpu.py --workdir runs/demo
+	JAX_PLATFORMS=cpu $(PY) -m train --config configs/tiny_cpu.py --workdir runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

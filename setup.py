@@ -30,5 +30,7 @@ setup(
     extras_require={
         'test': ['pytest>=8,<10'],
         'tensorboard': ['tensorboard>=2.18'],  # Only to view the logs: `tensorboard --logdir DIR`.
+        # Only for scaling.aot (compile for TPU topologies on a CPU): the libtpu matching jax.
+        'tpu-aot': ['jax[tpu]'],
     },
 )

@@ -280,7 +280,8 @@ def _extrapolate(config, mesh, stage: str) -> tuple[dict, dict, dict]:
   return total, body, outside
 
 
-def measure_step_flops(config, mesh, stage: str = 'lowered', verify: bool = False) -> dict:
+def measure_step_flops(config, mesh, stage: str = 'lowered', verify: bool = False,
+                       model_flops: bool = True, uncorrected: bool = True) -> dict:
   """Measured FLOPs PER TRAIN STEP (global batch, summed over devices), scan-corrected.
 
   stage='lowered' (default, cheap: no XLA compile) runs XLA's cost analysis on
@@ -295,6 +296,10 @@ def measure_step_flops(config, mesh, stage: str = 'lowered', verify: bool = Fals
   (the config as-is; a scanned stack counts one layer), flops_per_layer,
   flops_outside_layers, breakdown (per-step FLOPs by op category), transcendentals,
   method, stage, n_devices, remat, and verify_* when asked.
+  `model_flops=False` skips the remat-off programs (flops_xla_model then equals
+  flops_xla) and `uncorrected=False` skips compiling the config as-is (no
+  flops_xla_uncorrected key): each is a full compile, minutes for big configs
+  on a TPU topology (scaling/aot.py measures the as-is program itself).
   """
   n_dev = mesh.devices.size
   total, body, outside = _extrapolate(config, mesh, stage)
@@ -320,12 +325,13 @@ def measure_step_flops(config, mesh, stage: str = 'lowered', verify: bool = Fals
                  f'per layer = f(2) - f(1), outside = f(1) - per layer, '
                  f'total = outside + {config.model.n_layers} x per layer'),
   }
-  if config.model.remat != 'none':
+  if model_flops and config.model.remat != 'none':
     model_total, _, _ = _extrapolate(_variant(config, remat='none'), mesh, stage)
     out['flops_xla_model'] = model_total['flops']
     out['method'] += '; model FLOPs: the same with model.remat=none'
-  out['flops_xla_uncorrected'] = (_measure_one(config, mesh, stage)['flops']
-                                  if config.model.scan_layers or verify else total['flops'])
+  if uncorrected:
+    out['flops_xla_uncorrected'] = (_measure_one(config, mesh, stage)['flops']
+                                    if config.model.scan_layers or verify else total['flops'])
   if verify:
     full = _measure_one(_variant(config, scan_layers=False), mesh, stage)['flops']
     out['verify_unrolled_flops'] = full

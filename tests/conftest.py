@@ -12,3 +12,5 @@ def pytest_configure(config):
   config.addinivalue_line(
       'markers', 'network: fetches from package registries (pip/npm); skipped when that is impossible.')
   config.addinivalue_line('markers', 'slow: multi-process or long training runs.')
+  config.addinivalue_line('markers', "tpu_aot: compiles for TPU topologies with libtpu "
+                          "(pip install -e '.[tpu-aot]'); skipped without it.")
