@@ -13,18 +13,16 @@ devices), and the compiled program's peak memory per device (memory_analysis);
 keeps it flat in depth). Prints a table; --json writes the same numbers.
 """
 
-import json
 import statistics
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file('config', None, 'Config file (a get_config() module).',
                                 lock_config=True)
 flags.DEFINE_integer('steps', 10, 'Timed steps (after 2 warm-up steps).')
-flags.DEFINE_string('json', None, 'Write the results as JSON to this file.')
+flags.DEFINE_string('json', None, 'Bare --json: print JSON instead of the table; --json=PATH: also write PATH.')
 flags.DEFINE_string('depths', '4,32', 'Layer counts whose compile time is compared ("" skips).')
 flags.DEFINE_integer('matmul_n', 1024, 'Size of the square matmul that measures the peak.')
 flags.mark_flags_as_required(['config'])
@@ -121,35 +119,22 @@ def format_results(r: dict) -> str:
   return '\n'.join(f'{k:<44} {v}' for k, v in rows)
 
 
-def _parse_flags(argv):
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    print(f'error: bad flags or unknown --config key: {e} (fields: configs/base.py)', file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv):
-  if len(argv) > 1:
-    print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
-    sys.exit(2)
   import jax
 
-  from train import config_check
+  from train import cli, config_check
   F = flags.FLAGS
+  if len(argv) > 1:
+    raise config_check.ConfigError(f'unexpected arguments {argv[1:]}')
+  config_check.validate(F.config, jax.device_count())
   try:
-    config_check.validate(F.config, jax.device_count())
     depths = [int(x) for x in F.depths.split(',') if x.strip()]
-  except (config_check.ConfigError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  except ValueError as e:
+    raise config_check.ConfigError(f'--depths={F.depths!r}: {e}') from e
   r = run(F.config, F.steps, depths, F.matmul_n)
-  print(format_results(r))
-  if F.json:
-    with open(F.json, 'w') as f:
-      json.dump(r, f, indent=1)
-    print(f'wrote {F.json}')
+  cli.emit(r, format_results(r), F.json)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=_parse_flags)
+  from train import cli
+  cli.run(main)

@@ -40,6 +40,7 @@ from model import counts
 from scaling import flops as flops_lib
 from scaling import memory
 from train import hardware
+from train.config_check import ConfigError
 
 # libtpu looks for a TPU VM's metadata when its plugin starts; these make it start
 # quietly on a plain machine, and let it start while another JAX process in the
@@ -64,7 +65,7 @@ _GENERATIONS = {'v4': (3, 2, 'megacore'), 'v5p': (3, 2, 'default'),
                 'v5e': (2, 1, 'default'), 'v6e': (2, 1, 'default')}
 
 
-class AotError(ValueError):
+class AotError(ConfigError):
   """Bad topology, missing libtpu, or a compile failure other than running out of HBM."""
 
 
@@ -410,24 +411,13 @@ def format_report(r: dict) -> str:
 
 
 def main(argv):
-  import json
   from absl import flags
+  from train import cli
   F = flags.FLAGS
   if len(argv) > 1:
     raise AotError(f'unexpected arguments {argv[1:]}')
-  try:
-    r = check(F.config, F.topology, mfu=F.mfu, measure_flops=F.flops)
-  except AotError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  if F.json == '-':
-    print(json.dumps(r, indent=1, default=float))
-  else:
-    print(format_report(r))
-    if F.json:
-      with open(F.json, 'w') as f:
-        json.dump(r, f, indent=1, default=float)
-      print(f'wrote {F.json}')
+  r = check(F.config, F.topology, mfu=F.mfu, measure_flops=F.flops)
+  cli.emit(r, format_report(r), F.json)
   sys.exit(0 if r['fits'] else 1)
 
 
@@ -447,7 +437,6 @@ def _define_flags():
 
 if __name__ == '__main__':
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # The TPU is only described, never used.
-  sys.argv = ['--json=-' if a == '--json' else a for a in sys.argv]
   from train import cli
   _define_flags()
   cli.run(main)

@@ -25,7 +25,6 @@ FLOPs and `flops_xla_model` the same step with remat off.
 import copy
 import math
 import re
-import sys
 
 from model import counts
 from scaling import memory
@@ -445,43 +444,19 @@ def format_report(r: dict) -> str:
   return '\n'.join(lines)
 
 
-def _parse_flags(argv):
-  from absl import flags
-  argv = ['--json=-' if a == '--json' else a for a in argv]  # Bare --json: JSON on stdout.
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    # config_flags raises AttributeError for an unknown --config.<key>.
-    print(f'error: bad flags or unknown --config key: {e} (fields: configs/base.py)', file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv):
-  import json
+  import jax
   from absl import flags
+  from model import sharding
+  from train import cli, config_check
   F = flags.FLAGS
   if len(argv) > 1:
-    print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
-    sys.exit(2)
-  import jax
-  from model import sharding
-  from train import config_check
+    raise config_check.ConfigError(f'unexpected arguments {argv[1:]}')
   config = F.config
-  try:
-    config_check.validate(config, jax.device_count())
-  except config_check.ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  config_check.validate(config, jax.device_count())
   mesh = sharding.make_mesh(config.mesh, jax.devices())
   r = report(config, mesh, stage=F.stage, verify=F.verify, with_memory=F.memory)
-  if F.json == '-':
-    print(json.dumps(r, indent=1, default=float))
-    return
-  print(format_report(r))
-  if F.json:
-    with open(F.json, 'w') as f:
-      json.dump(r, f, indent=1, default=float)
-    print(f'wrote {F.json}')
+  cli.emit(r, format_report(r), F.json)
 
 
 def _define_flags():
@@ -499,6 +474,6 @@ def _define_flags():
 
 
 if __name__ == '__main__':
-  from absl import app
+  from train import cli
   _define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(main)

@@ -27,9 +27,30 @@ def _fail(message: str):
   sys.exit(2)
 
 
+def _bare_json(argv: list[str]) -> list[str]:
+  """`--json` alone -> `--json=-`; `--json PATH` -> `--json=PATH`."""
+  out, i = [], 0
+  while i < len(argv):
+    if argv[i] == '--json':
+      nxt = argv[i + 1] if i + 1 < len(argv) else None
+      if nxt is not None and not nxt.startswith('-'):
+        out.append(f'--json={nxt}')
+        i += 2
+        continue
+      out.append('--json=-')
+    else:
+      out.append(argv[i])
+    i += 1
+  return out
+
+
 def run(main) -> None:
-  """app.run(main) with clean flag errors and ConfigError -> 'error: ...', exit 2."""
+  """app.run(main) with clean flag errors and ConfigError -> 'error: ...', exit 2.
+
+  A bare `--json` becomes `--json=-` (see `emit`).
+  """
   from train.config_check import ConfigError
+  sys.argv = _bare_json(sys.argv)
 
   def wrapped(argv):
     try:
@@ -38,3 +59,16 @@ def run(main) -> None:
       _fail(str(e))
 
   app.run(wrapped, flags_parser=_parse)
+
+
+def emit(result: dict, table: str, json_flag: str | None) -> None:
+  """Print `table`, or with `--json` (bare) the JSON instead; `--json=PATH` also writes PATH."""
+  import json
+  if json_flag == '-':
+    print(json.dumps(result, indent=1, default=float))
+    return
+  print(table)
+  if json_flag:
+    with open(json_flag, 'w') as f:
+      json.dump(result, f, indent=1, default=float)
+    print(f'wrote {json_flag}')

@@ -81,7 +81,7 @@ def run(config, workdir: str) -> dict:
   program = step_lib.build(config, mesh)
   # XLA's own count of the step (scan-corrected, lowered HLO: a few seconds, nothing compiled).
   from scaling import flops as flops_lib  # Local: scaling.flops itself builds on train.step.
-  xla = flops_lib.measure_step_flops(config, mesh)
+  xla = flops_lib.measure_step_flops(config, mesh, uncorrected=False)
   checkpointer = ckpt_lib.Checkpointer(workdir, config.train.keep_checkpoints)
   with sharding.use_mesh(mesh):
     start = checkpointer.latest_step() or 0
