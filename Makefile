@@ -15,9 +15,10 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet -e '.[test,tpu-aot]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-# The demo is the CPU path: JAX_PLATFORMS=cpu keeps jax from probing libtpu (installed for the AOT tests).
+# The demo is the CPU path (an IsoFLOP sweep of tiny models, then the fit); JAX_PLATFORMS=cpu keeps
+# jax from probing libtpu, which the test install adds for the AOT tests.
 demo: $(STAMP)
-	JAX_PLATFORMS=cpu $(PY) -m train --config configs/tiny_cpu.py --workdir runs/demo
+	JAX_PLATFORMS=cpu $(PY) -m launch.demo --workdir runs/isoflop_cpu
 
 test: $(STAMP)
 	$(PY) -m pytest -q

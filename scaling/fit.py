@@ -497,21 +497,32 @@ def _scipy_polish(x0, logN, logD, logL, w_n, delta, reduce, options=None):
   return res.x, float(res.fun), res
 
 
+def _exp(x: float) -> float:
+  """math.exp that gives inf instead of raising OverflowError (a diverged fit's log A)."""
+  return math.exp(x) if x < 709.0 else math.inf
+
+
 def law_from_params(x5):
   """Dict of the law from (log_A, log_B, log_E, alpha, beta), with frontier."""
   la, lb, le, al, be = (float(v) for v in x5)
-  law = {"E": math.exp(le), "A": math.exp(la), "B": math.exp(lb), "alpha": al,
+  law = {"E": _exp(le), "A": _exp(la), "B": _exp(lb), "alpha": al,
          "beta": be, "log_E": le, "log_A": la, "log_B": lb}
   law.update(frontier_constants(law))
   return law
 
 
 def frontier_constants(law):
-  """G, a, b of the efficient frontier N_opt = G (C/6)^a, D_opt = (C/6)^b / G."""
+  """G, a, b of the efficient frontier N_opt = G (C/6)^a, D_opt = (C/6)^b / G.
+
+  G is computed from log A and log B, so a law whose A or B overflows a float
+  still has a finite frontier when the ratio is finite.
+  """
   al, be = law["alpha"], law["beta"]
   if al <= 0 or be <= 0:
     return {"G": float("nan"), "a": float("nan"), "b": float("nan")}
-  G = (al * law["A"] / (be * law["B"])) ** (1.0 / (al + be))
+  la = law.get("log_A", math.log(law["A"]) if law["A"] > 0 else -math.inf)
+  lb = law.get("log_B", math.log(law["B"]) if law["B"] > 0 else -math.inf)
+  G = _exp((math.log(al) + la - math.log(be) - lb) / (al + be))
   return {"G": G, "a": be / (al + be), "b": al / (al + be)}
 
 
@@ -631,12 +642,17 @@ def bootstrap_approach3(N, D, L, starts_K5, n_boot=200, seed=0, delta=HUBER_DELT
 
 
 def _ci(samples):
-  """95% percentile interval [lo, hi] of finite samples (None if too few)."""
+  """95% percentile interval [lo, hi] of the samples (None if fewer than 2).
+
+  Infinite samples (a resample whose fit diverged, e.g. A overflowing) stay in:
+  if more than 2.5% of them are infinite, the interval is honestly unbounded.
+  """
   s = np.asarray(samples, float)
-  s = s[np.isfinite(s)]
+  s = s[~np.isnan(s)]
   if len(s) < 2:
     return None
-  return [float(np.percentile(s, 2.5)), float(np.percentile(s, 97.5))]
+  q = np.percentile(s, [2.5, 97.5], method="inverted_cdf")
+  return [float(q[0]), float(q[1])]
 
 
 def approach3_derived(x_B5, C):

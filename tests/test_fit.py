@@ -418,3 +418,13 @@ def test_cli_drop_highest_loss(tmp_path):
   assert len(p.N) == 6 and p.L.max() <= np.sort(L)[-3] + 1e-12
   with pytest.raises(ValueError, match="leaves no points"):
     fit.drop_highest_loss(p, 6)
+
+
+def test_diverged_law_overflows_to_inf_not_an_exception():
+  # A bootstrap resample can drive log A past float range (alpha -> large); the law must still
+  # be representable: A = inf, while the frontier constant G, computed in log space, stays finite.
+  law = fit.law_from_params([800.0, 790.0, 0.5, 2.0, 1.9])
+  assert law["A"] == float("inf") and law["B"] == float("inf")
+  assert np.isfinite(law["G"]) and law["G"] > 0
+  lo, hi = fit._ci([1.0, 2.0, 3.0] * 10 + [float("inf")] * 5)
+  assert lo == 1.0 and hi == float("inf")  # >2.5% diverged samples: the interval is unbounded.

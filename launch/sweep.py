@@ -1,0 +1,638 @@
+"""IsoFLOP sweeps: expand a sweep config into runs, run them as processes, then fit.
+
+  python -m launch.sweep --config configs/sweeps/isoflop_cpu.py --workdir runs/isoflop_cpu --dry-run
+  python -m launch.sweep --config configs/sweeps/isoflop_cpu.py --workdir runs/isoflop_cpu [--parallel 2]
+
+A sweep config (`configs/sweeps/*.py`, a `get_config()`) names a run config
+file, overrides common to every run, FLOP budgets and how many model sizes to
+spread around each budget's compute-optimal N (`scaling.plan.isoflop_plan`).
+Each target N becomes a model shape (fixed head size and aspect ratio
+d_model / n_layers, d_ff tuned within bounds to land on N; see `build_shape`),
+and each run trains for its own budget as `train.flops` = C, so warmup and the
+cosine decay are matched to its own horizon (Chinchilla; Porian et al. 2024).
+
+Units: C in FLOPs (6 N D, total for the run), N = parameters with the output
+head (model.counts `with_head`, the N that `train` and `scaling.fit` use), D in
+tokens, steps in optimizer steps.
+
+Runs live in DIR/<budget>_<shape>/ (train.log, summary.json, curve.json,
+TensorBoard events, checkpoints). Finished runs (summary.json present) are
+skipped and unfinished ones resume from their checkpoints, so rerunning the
+same command continues a sweep. A failed run is reported with its log and the
+rest go on. At the end the finished runs are fitted (`scaling.fit`: approaches
+1-3) into DIR/fit/ (fit.json, PNGs, TensorBoard events).
+
+This module never imports the model or the training loop: runs are processes
+(`python -m train`), and the only model function used is the closed-form
+parameter count `model.counts.param_counts`.
+"""
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+import warnings
+
+import ml_collections
+
+from model.counts import param_counts
+from scaling import plan as plan_lib
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPE_KEYS = ('n_layers', 'd_model', 'n_heads', 'n_kv_heads', 'd_ff')
+SWEEP_KEYS = ('base_config', 'overrides', 'budgets', 'law', 'n_sizes', 'span', 'min_steps', 'shape',
+              'evals_per_run', 'logs_per_run', 'checkpoints_per_run', 'fit')
+
+
+class SweepError(ValueError):
+  """An invalid sweep; the message names the key, budget or size at fault."""
+
+
+@dataclasses.dataclass
+class Run:
+  """One training run of a sweep."""
+  name: str  # '<budget>_<shape>': also its workdir name under the sweep folder.
+  budget: float  # Training FLOPs C of the run (6 N D, whole run).
+  target_params: float  # N the plan asked for (parameters, with head).
+  params: int  # N of the built shape (parameters, with head).
+  shape: dict  # model.{n_layers, d_model, n_heads, n_kv_heads, d_ff}.
+  steps: int  # Optimizer steps train will plan for train.flops = budget.
+  tokens_per_step: int  # data.global_batch_size * data.seq_len.
+  overrides: dict  # Dotted key -> value: every --config.a.b=v flag of the command.
+  config: ml_collections.ConfigDict  # The full run config (base file + overrides).
+
+  @property
+  def tokens(self) -> int:
+    """Tokens D actually trained (steps rounded up, so 6 N D >= budget by < 1 step)."""
+    return self.steps * self.tokens_per_step
+
+  @property
+  def tokens_per_param(self) -> float:
+    return self.tokens / self.params
+
+
+@dataclasses.dataclass
+class Sweep:
+  """An expanded sweep: the runs plus what is needed to start them."""
+  base_config: str  # Run config file as passed to `python -m train --config`.
+  runs: list
+  fit: ml_collections.ConfigDict
+  warnings: list
+  tpu: ml_collections.ConfigDict | None = None
+
+
+# ---------------------------------------------------------------------------- config files
+
+
+def resolve_path(path: str) -> str:
+  """A config path as given (absolute or relative to the cwd), else relative to the repo root."""
+  if os.path.isabs(path) or os.path.exists(path):
+    return path
+  return os.path.join(REPO_ROOT, path)
+
+
+def load_config_file(path: str, what: str = 'config') -> ml_collections.ConfigDict:
+  """`get_config()` of a Python config file; SweepError naming `what` when it cannot."""
+  full = resolve_path(path)
+  if not os.path.isfile(full):
+    raise SweepError(f'{what} {path!r}: no such file')
+  if REPO_ROOT not in sys.path:  # Config files import `configs.base`.
+    sys.path.insert(0, REPO_ROOT)
+  name = '_chinchax_cfg_' + os.path.splitext(os.path.basename(full))[0]
+  spec = importlib.util.spec_from_file_location(name, full)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # A broken config file: say which, keep the cause.
+    raise SweepError(f'{what} {path!r} failed to load: {type(e).__name__}: {e}') from e
+  if not hasattr(module, 'get_config'):
+    raise SweepError(f'{what} {path!r} has no get_config()')
+  return module.get_config()
+
+
+def flatten(tree, prefix: str = '') -> dict:
+  """{'data': {'seq_len': 64}} -> {'data.seq_len': 64} (ConfigDicts or dicts)."""
+  out = {}
+  items = tree.items() if hasattr(tree, 'items') else []
+  for k, v in items:
+    key = f'{prefix}{k}'
+    if isinstance(v, (dict, ml_collections.ConfigDict)):
+      out.update(flatten(v, key + '.'))
+    else:
+      out[key] = v
+  return out
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict, what: str) -> None:
+  """Set dotted keys on `config` in place; SweepError for unknown keys or wrong types."""
+  for key, value in overrides.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for p in parents:
+      if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
+        raise SweepError(f'{what}: unknown config key {key!r}')
+      node = node[p]
+    if leaf not in node:
+      raise SweepError(f'{what}: unknown config key {key!r}')
+    try:
+      node[leaf] = value
+    except (TypeError, ValueError) as e:
+      raise SweepError(f'{what}: {key}={value!r}: {e}') from None
+
+
+def _flag_value(value) -> str:
+  """A config value as absl's --config.a.b=v parses it back."""
+  if isinstance(value, bool):
+    return 'true' if value else 'false'
+  if isinstance(value, float):
+    return repr(value)
+  return str(value)
+
+
+def budget_label(flops: float) -> str:
+  """1e11 -> '1e11', 3.2e12 -> '3.2e12' (workdir-friendly)."""
+  mantissa, exp = f'{flops:.3g}'.split('e') if 'e' in f'{flops:.3g}' else (f'{flops:.3g}', None)
+  return mantissa if exp is None else f'{mantissa}e{int(exp)}'
+
+
+# ---------------------------------------------------------------------------- shapes
+
+
+def _n_with_head(model_cfg, shape: dict) -> int:
+  m = ml_collections.ConfigDict(model_cfg.to_dict())
+  m.update(shape)
+  return param_counts(m).with_head
+
+
+def build_shape(target_params: float, model_cfg: ml_collections.ConfigDict,
+                rule: ml_collections.ConfigDict) -> dict:
+  """A model shape with about `target_params` parameters (with head).
+
+  The rule (sweep config `shape`): d_model is a multiple of `d_multiple`;
+  the head size is the smallest even divisor of d_model that is at least
+  `head_dim` (so heads always divide d_model and RoPE gets an even size);
+  n_layers = d_model / aspect rounded down or up, clamped to [1, max_layers]; n_kv_heads =
+  n_heads / g, g the largest divisor of n_heads not above kv_group. d_ff starts
+  at ff_ratio * d_model and is then tuned, in multiples of ff_multiple and
+  within [ff_min, ff_max] * d_model, to land on the target. Of the d_model
+  values whose untuned size is nearest the target, the first whose tuned size
+  is within `tolerance` (relative) wins. Everything else (vocabulary, tying,
+  qk_norm) comes from `model_cfg`. Raises SweepError when no shape is close
+  enough.
+  """
+  step = rule.d_multiple
+  if step % 2:
+    raise SweepError(f'shape.d_multiple={step}: must be even (RoPE needs an even head size)')
+  candidates = []
+  for d in range(step, rule.max_d_model + 1, step):
+    head = min(k for k in range(2, d + 1, 2) if d % k == 0 and (k >= rule.head_dim or k == d))
+    heads = d // head
+    group = max(g for g in range(1, rule.kv_group + 1) if heads % g == 0)
+    for n_layers in sorted({min(max(1, f(d / rule.aspect)), rule.max_layers)
+                            for f in (math.floor, math.ceil)}):
+      shape = dict(n_layers=n_layers, d_model=d, n_heads=heads, n_kv_heads=heads // group,
+                   d_ff=_round_to(rule.ff_ratio * d, rule.ff_multiple))
+      err = abs(math.log(_n_with_head(model_cfg, shape) / target_params))
+      candidates.append((err, d, n_layers, shape))
+  candidates.sort(key=lambda t: t[:3])
+  best = None
+  for _, d, _, shape in candidates[:4]:
+    # N is linear in d_ff: solve for the target, then round and clamp.
+    n0 = _n_with_head(model_cfg, {**shape, 'd_ff': 0})
+    slope = _n_with_head(model_cfg, {**shape, 'd_ff': 1}) - n0
+    lo = _round_up(rule.ff_min * d, rule.ff_multiple)
+    hi = max(lo, int(rule.ff_max * d // rule.ff_multiple) * rule.ff_multiple)
+    d_ff = min(max(_round_to((target_params - n0) / slope, rule.ff_multiple), lo), hi)
+    shape = {**shape, 'd_ff': d_ff}
+    n = _n_with_head(model_cfg, shape)
+    err = abs(n / target_params - 1)
+    if best is None or err < best[0]:
+      best = (err, shape, n)
+    if err <= rule.tolerance:
+      return shape
+  err, shape, n = best
+  raise SweepError(
+      f'no model shape within {rule.tolerance:.0%} of target N={target_params:,.0f}: nearest is '
+      f'{shape_name(shape)} with N={n:,} ({err:.0%} off); adjust the budgets, span or the shape '
+      f'rule (d_multiple={step}, aspect={rule.aspect}, ff_min..ff_max={rule.ff_min}..{rule.ff_max}, '
+      f'max_d_model={rule.max_d_model}, max_layers={rule.max_layers})')
+
+
+def _round_to(x: float, multiple: int) -> int:
+  return max(multiple, int(round(x / multiple)) * multiple)
+
+
+def _round_up(x: float, multiple: int) -> int:
+  return max(multiple, int(math.ceil(x / multiple)) * multiple)
+
+
+def shape_name(shape: dict) -> str:
+  """'L2-d64-h4-f192' (layers, d_model, heads, d_ff)."""
+  kv = '' if shape['n_kv_heads'] == shape['n_heads'] else f'kv{shape["n_kv_heads"]}'
+  return f'L{shape["n_layers"]}-d{shape["d_model"]}-h{shape["n_heads"]}{kv}-f{shape["d_ff"]}'
+
+
+# ---------------------------------------------------------------------------- expansion
+
+
+def planned_steps(flops: float, params: int, tokens_per_step: int) -> int:
+  """Steps `train` plans for train.flops = C: ceil(C / (6 N) / tokens per step).
+
+  Mirrors train.optim.planned_steps (tests check they agree) so the launcher
+  needs neither jax nor the training code to print a plan.
+  """
+  return max(1, math.ceil(flops / (plan_lib.FLOPS_PER_PARAM_TOKEN * params) / tokens_per_step))
+
+
+def expand(sweep_cfg: ml_collections.ConfigDict) -> Sweep:
+  """The runs of a sweep config, budget by budget, smallest model first.
+
+  Raises SweepError (naming the key, budget or size) for an unknown base config
+  or override key, non-positive budgets, a size no shape can build, duplicate
+  shapes within a budget, or runs shorter than `min_steps`.
+  """
+  s = sweep_cfg
+  missing = [k for k in SWEEP_KEYS if k not in s]
+  if missing:
+    raise SweepError(f'the sweep config lacks {", ".join(missing)} (see configs/sweeps/isoflop_cpu.py)')
+  budgets = list(s.budgets)
+  if not budgets:
+    raise SweepError('budgets: empty; give FLOP budgets, e.g. (1e11, 3e11, 1e12)')
+  bad = [b for b in budgets if isinstance(b, bool) or not isinstance(b, (int, float))
+         or not math.isfinite(b) or b <= 0]
+  if bad:
+    raise SweepError(f'budgets: every FLOP budget must be a positive number, got {bad}')
+  if len(set(budgets)) != len(budgets):
+    raise SweepError(f'budgets: duplicates in {budgets}')
+  base = load_config_file(s.base_config, 'base_config')
+  common = flatten(s.overrides)
+  for key in common:
+    if key.startswith('train.') and key.split('.')[1] in ('steps', 'tokens', 'flops'):
+      raise SweepError(f'overrides: {key} is set per run (train.flops = its budget); remove it')
+    if key.startswith('model.') and key.split('.')[1] in SHAPE_KEYS:
+      raise SweepError(f'overrides: {key} is set per run by the shape rule; remove it')
+  apply_overrides(base, common, 'overrides')
+  tokens_per_step = base.data.global_batch_size * base.data.seq_len
+
+  runs, warnings, too_short = [], [], []
+  for budget in sorted(budgets):
+    try:
+      p = plan_lib.isoflop_plan(float(budget), s.law, n_sizes=s.n_sizes, span=s.span)
+    except ValueError as e:
+      raise SweepError(f'budget {budget:g}: {e}') from None
+    seen = {}
+    for i, target in enumerate(p['sizes']):
+      try:
+        shape = build_shape(target, base.model, s.shape)
+      except SweepError as e:
+        raise SweepError(f'budget {budget:g}, size {i + 1}/{len(p["sizes"])}: {e}') from None
+      name = f'{budget_label(budget)}_{shape_name(shape)}'
+      if name not in seen and any(r.name == name for r in runs):
+        raise SweepError(f'budget {budget:g}: run name {name} repeats another budget\'s '
+                         '(budgets equal to 3 significant digits)')
+      if name in seen:
+        raise SweepError(f'budget {budget:g}: sizes {seen[name] + 1} and {i + 1} (targets '
+                         f'{p["sizes"][seen[name]]:,.0f} and {target:,.0f}) build the same shape '
+                         f'{shape_name(shape)}; use fewer sizes, a wider span or a smaller head_dim')
+      seen[name] = i
+      params = _n_with_head(base.model, shape)
+      steps = planned_steps(budget, params, tokens_per_step)
+      per_run = {f'model.{k}': v for k, v in shape.items()}
+      per_run['train.flops'] = float(budget)
+      per_run['train.steps'] = 0
+      per_run['train.tokens'] = 0
+      per_run.update(_cadence(s, steps))
+      config = ml_collections.ConfigDict(base.to_dict())
+      apply_overrides(config, per_run, f'run {name}')
+      overrides = {**common, **per_run}
+      overrides = {k: v for k, v in overrides.items()
+                   if not (k in ('train.steps', 'train.tokens') and _get(base, k) == 0)}
+      run = Run(name=name, budget=float(budget), target_params=target, params=params, shape=shape,
+                steps=steps, tokens_per_step=tokens_per_step, overrides=overrides, config=config)
+      runs.append(run)
+      if steps < s.min_steps:
+        too_short.append(run)
+  if too_short:
+    lines = [f'{r.name}: {r.steps} steps (D={r.tokens:,} tokens at {tokens_per_step:,} tokens/step)'
+             for r in too_short]
+    raise SweepError(
+        f'{len(too_short)} run(s) shorter than min_steps={s.min_steps} (warmup and cosine need room, '
+        f'and step rounding moves C): ' + '; '.join(lines) +
+        '. Raise the smallest budget, shrink data.global_batch_size * data.seq_len, or lower span.')
+  off = [r for r in runs if abs(r.params / r.target_params - 1) > 0.05]
+  if off:
+    warnings.append(f'{len(off)} run(s) more than 5% from the planned N (shape rounding): '
+                    + ', '.join(r.name for r in off))
+  return Sweep(base_config=s.base_config, runs=runs, fit=s.fit, warnings=warnings,
+               tpu=s.get('tpu'))
+
+
+def _get(config, dotted: str):
+  for k in dotted.split('.'):
+    config = config[k]
+  return config
+
+
+def _cadence(s, steps: int) -> dict:
+  """Per-run eval/log/checkpoint intervals (in steps) from the sweep's per-run counts.
+
+  A count of 0 leaves the base config's interval, except checkpoints_per_run=0,
+  which disables checkpoints (an interrupted run then restarts from step 0).
+  """
+  out = {}
+  for key, count in (('train.eval_every', s.evals_per_run), ('train.log_every', s.logs_per_run),
+                     ('train.checkpoint_every', s.checkpoints_per_run)):
+    if count:
+      out[key] = max(1, math.ceil(steps / count))
+  if s.checkpoints_per_run == 0:
+    out['train.checkpoint_every'] = 0
+  return out
+
+
+# ---------------------------------------------------------------------------- commands and table
+
+
+def train_command(sweep: Sweep, run: Run, workdir: str, python: str = sys.executable) -> list:
+  """argv of `python -m train` for one run (run from the repository root)."""
+  argv = [python, '-m', 'train', '--config', sweep.base_config,
+          '--workdir', os.path.join(workdir, run.name)]
+  argv += [f'--config.{k}={_flag_value(v)}' for k, v in run.overrides.items()]
+  return argv
+
+
+def format_table(sweep: Sweep) -> str:
+  """The runs as a text table: budget, shape, N (with head), D, steps, tokens/param."""
+  head = (f'{"run":<30} {"C (FLOPs)":>10} {"L":>3} {"d_model":>7} {"heads":>5} {"kv":>3} '
+          f'{"d_ff":>5} {"N target":>10} {"N (w/ head)":>11} {"D (tokens)":>11} {"steps":>6} '
+          f'{"D/N":>7}')
+  lines = [head, '-' * len(head)]
+  for r in sweep.runs:
+    sh = r.shape
+    lines.append(f'{r.name:<30} {r.budget:>10.3g} {sh["n_layers"]:>3} {sh["d_model"]:>7} '
+                 f'{sh["n_heads"]:>5} {sh["n_kv_heads"]:>3} {sh["d_ff"]:>5} '
+                 f'{r.target_params:>10,.0f} {r.params:>11,} {r.tokens:>11,} {r.steps:>6} '
+                 f'{r.tokens_per_param:>7.1f}')
+  total = sum(6.0 * r.params * r.tokens for r in sweep.runs)
+  lines.append(f'{len(sweep.runs)} runs, {len({r.budget for r in sweep.runs})} budgets, '
+               f'{total:.3g} FLOPs in total (6 N D); {sweep.runs[0].tokens_per_step:,} tokens/step')
+  return '\n'.join(lines)
+
+
+# ---------------------------------------------------------------------------- local pool
+
+
+def run_state(run_dir: str) -> str:
+  """'finished' (summary.json), 'resume' (a checkpoint), or 'new'."""
+  if os.path.isfile(os.path.join(run_dir, 'summary.json')):
+    return 'finished'
+  ckpts = os.path.join(run_dir, 'checkpoints')
+  if os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts)):
+    return 'resume'
+  return 'new'
+
+
+def _last_line(path: str) -> str:
+  try:
+    with open(path, errors='replace') as f:
+      lines = [ln.strip() for ln in f.readlines()[-30:] if ln.strip()]
+  except OSError:
+    return ''
+  return lines[-1][:200] if lines else ''
+
+
+def _eval_loss(run_dir: str):
+  try:
+    with open(os.path.join(run_dir, 'summary.json')) as f:
+      return json.load(f).get('eval_loss')
+  except (OSError, ValueError):
+    return None
+
+
+def run_all(commands: list, workdir: str, parallel: int = 1, log=print,
+            poll_seconds: float = 0.2) -> dict:
+  """Run (name, argv) pairs as processes, at most `parallel` at once.
+
+  Each run's stdout and stderr go (appended) to DIR/<name>/train.log. Runs
+  with summary.json are skipped; others start (train resumes from their
+  checkpoints). One status line per event. Returns {name: 'skipped' | 'ok' |
+  'failed'}. Ctrl-C stops the running processes (rerun to resume).
+  """
+  results, queue, active = {}, [], {}
+  total = len(commands)
+  t_start = time.perf_counter()
+  for i, (name, argv) in enumerate(commands):
+    run_dir = os.path.join(workdir, name)
+    if run_state(run_dir) == 'finished':
+      results[name] = 'skipped'
+      loss = _eval_loss(run_dir)
+      log(f'[{i + 1:>3}/{total}] skip    {name}: finished' +
+          (f' (eval loss {loss:.4f})' if isinstance(loss, float) else ''))
+    else:
+      queue.append((i, name, argv))
+
+  def start(i, name, argv):
+    run_dir = os.path.join(workdir, name)
+    state = run_state(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    log_path = os.path.join(run_dir, 'train.log')
+    f = open(log_path, 'a')
+    f.write(f'\n=== {time.strftime("%Y-%m-%d %H:%M:%S")} {shlex.join(argv)}\n')
+    f.flush()
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
+    active[proc] = (i, name, f, log_path, time.perf_counter())
+    log(f'[{i + 1:>3}/{total}] {"resume " if state == "resume" else "start  "} {name} '
+        f'(log {log_path})')
+
+  try:
+    while queue or active:
+      while queue and len(active) < parallel:
+        start(*queue.pop(0))
+      time.sleep(poll_seconds)
+      for proc in [p for p in active if p.poll() is not None]:
+        i, name, f, log_path, t0 = active.pop(proc)
+        f.close()
+        secs = time.perf_counter() - t0
+        run_dir = os.path.join(workdir, name)
+        if proc.returncode == 0 and run_state(run_dir) == 'finished':
+          results[name] = 'ok'
+          loss = _eval_loss(run_dir)
+          log(f'[{i + 1:>3}/{total}] done    {name} in {secs:.1f} s' +
+              (f': eval loss {loss:.4f}' if isinstance(loss, float) else ''))
+        else:
+          results[name] = 'failed'
+          log(f'[{i + 1:>3}/{total}] FAILED  {name} (exit {proc.returncode}, {secs:.1f} s): '
+              f'{_last_line(log_path)}\n          see {log_path}')
+  except KeyboardInterrupt:
+    for proc in active:
+      proc.terminate()
+    for proc, (_, _, f, _, _) in active.items():
+      try:
+        proc.wait(timeout=30)
+      except subprocess.TimeoutExpired:
+        proc.kill()
+      f.close()
+    log('interrupted: running processes stopped; rerun the same command to resume')
+    raise
+  n_ok = sum(v == 'ok' for v in results.values())
+  n_skip = sum(v == 'skipped' for v in results.values())
+  n_fail = sum(v == 'failed' for v in results.values())
+  log(f'{n_ok} ran, {n_skip} skipped (finished), {n_fail} failed in '
+      f'{time.perf_counter() - t_start:.1f} s')
+  return results
+
+
+# ---------------------------------------------------------------------------- fit
+
+
+def fit_sweep(workdir: str, names: list, out: str, bootstrap: int = 200, plots: bool = True,
+              log=print) -> dict | None:
+  """scaling.fit on this sweep's finished runs in `workdir`; writes OUT/fit.json.
+
+  Only the sweep's own run folders are read (not DIR/fit or other folders).
+  Returns the fit dict, or None when nothing could be fitted.
+  """
+  from scaling import fit as fit_lib
+  try:
+    points = fit_lib.load_runs(workdir, warn=lambda m: None)
+  except ValueError as e:
+    log(f'fit: {e}')
+    return None
+  mine = set(names)
+  keep = [i for i, n in enumerate(points.names) if n in mine]
+  if not keep:
+    log(f'fit: no finished runs of this sweep in {workdir}')
+    return None
+  points = points.subset(keep)
+  points.excluded = [e for e in points.excluded if e[0] in mine]
+  for name, reason in points.excluded:
+    log(f'fit: run {name} left out: {reason}')
+  with warnings.catch_warnings():
+    # Overflow in L-BFGS from far-off grid starts is expected and harmless; keep the console clean.
+    warnings.simplefilter('ignore', RuntimeWarning)
+    try:
+      result = fit_lib.fit_all(points, n_boot=bootstrap, log=lambda m: log(f'fit: {m}'))
+    except ValueError as e:  # The runs stay on disk; say why there is no fit.
+      log(f'fit: failed: {e}. Reproduce with: python -m scaling.fit --runs {workdir} --out {out}')
+      return None
+  path = fit_lib.write_json(result, out)
+  log(fit_lib.format_table(result))
+  if plots:
+    from scaling import plot
+    plot.write_all(points, result, out)
+  log(f'fit: wrote {path}' + (f' and plots; TensorBoard: tensorboard --logdir {out}' if plots else ''))
+  return result
+
+
+# ---------------------------------------------------------------------------- AOT fit check (hook)
+
+
+def check_fit(sweep: Sweep, topology: str, log=print) -> bool | None:
+  """Ask scaling.aot whether each run's config fits `topology` (e.g. 'v5p:2x2x2').
+
+  Calls `scaling.aot.fits(config, topology) -> (fits, verdict line)` (one
+  AOT compile per run for that TPU slice, no TPU needed, but libtpu is) when
+  the module, and libtpu, are there. A run whose config the check rejects
+  (ValueError: mesh vs chip count, divisibility) counts as not fitting.
+  Returns True when every run fits, False when any does not, None when the
+  check is unavailable (a note is printed; nothing fails).
+  """
+  try:
+    from scaling import aot
+    fn = aot.fits
+  except (ImportError, AttributeError) as e:
+    log(f'--check-fit {topology}: skipped, scaling.aot.fits is not available ({e})')
+    return None
+  have = getattr(aot, 'have_libtpu', None)
+  if have is not None and not have():
+    log(f'--check-fit {topology}: skipped, libtpu is not installed (pip install -e \'.[tpu-aot]\')')
+    return None
+  all_fit = True
+  for r in sweep.runs:
+    try:
+      fits, msg = fn(r.config, topology)
+    except ValueError as e:  # AotError, ConfigError: the run cannot go on this slice as configured.
+      fits, msg = False, f'check failed: {e}'
+    log(f'check-fit {topology}: {r.name}: {"fits" if fits else "DOES NOT FIT"} ({msg})')
+    all_fit = all_fit and bool(fits)
+  return all_fit
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog='python -m launch.sweep', description=__doc__.split('\n\n')[0])
+  p.add_argument('--config', required=True, help='sweep config file (configs/sweeps/*.py)')
+  p.add_argument('--workdir', required=True, help='sweep folder: one sub-folder per run, fit/ at the end')
+  p.add_argument('--dry-run', action='store_true', help='print the runs and commands; run nothing')
+  p.add_argument('--parallel', type=int, default=1, help='runs at once on this machine (default 1)')
+  p.add_argument('--no-fit', action='store_true', help='do not call scaling.fit at the end')
+  p.add_argument('--bootstrap', type=int, default=None, help='fit bootstrap samples (default: sweep fit.bootstrap)')
+  p.add_argument('--tpu', action='store_true',
+                 help='run on the TPU VM of the sweep config\'s tpu block (gcloud), one run at a time')
+  p.add_argument('--check-fit', metavar='TOPOLOGY',
+                 help='compile each run for a TPU slice (scaling.aot, e.g. v5p:2x2x2) and refuse to '
+                 'start if one does not fit; skipped with a note when scaling.aot/libtpu is missing')
+  p.add_argument('--python', default=sys.executable, help='interpreter for the local runs')
+  return p
+
+
+def main(argv=None, log=print) -> int:
+  args = build_parser().parse_args(argv)
+  if args.parallel < 1:
+    print('error: --parallel must be >= 1', file=sys.stderr)
+    return 2
+  try:
+    sweep = expand(load_config_file(args.config, 'sweep config'))
+    if args.tpu and sweep.tpu is None:
+      raise SweepError(f'--tpu: the sweep config {args.config} has no tpu block')
+  except SweepError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  workdir = os.path.abspath(args.workdir)
+  for w in sweep.warnings:
+    log(f'warning: {w}')
+  log(format_table(sweep))
+  if args.check_fit:
+    if check_fit(sweep, args.check_fit, log) is False and not args.dry_run:
+      print(f'error: some runs do not fit {args.check_fit}; not starting', file=sys.stderr)
+      return 2
+  if args.tpu:
+    from launch import tpu
+    commands = [(r.name, tpu.ssh_command(sweep.tpu, train_command(sweep, r, sweep.tpu.workdir,
+                                                                  sweep.tpu.python) + ['--multihost']))
+                for r in sweep.runs]
+  else:
+    commands = [(r.name, train_command(sweep, r, workdir, args.python)) for r in sweep.runs]
+  if args.dry_run:
+    log(f'\ncommands (run from {REPO_ROOT}):')
+    for name, c in commands:
+      log(shlex.join(c))
+    return 0
+  os.makedirs(workdir, exist_ok=True)
+  if args.tpu:
+    from launch import tpu
+    results = tpu.run_all(sweep, commands, workdir, log)
+  else:
+    results = run_all(commands, workdir, args.parallel, log)
+  failed = [n for n, v in results.items() if v == 'failed']
+  if not args.no_fit:
+    bootstrap = sweep.fit.bootstrap if args.bootstrap is None else args.bootstrap
+    fit_sweep(workdir, [r.name for r in sweep.runs], os.path.join(workdir, sweep.fit.out),
+              bootstrap, sweep.fit.plots, log)
+  if failed:
+    log(f'{len(failed)} run(s) failed: ' + ', '.join(
+        f'{n} (see {os.path.join(workdir, n, "train.log")})' for n in failed))
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,326 @@
+"""launch.sweep: expansion into runs, dry run, the local pool (skip, resume, failures), bad input, TPU commands."""
+
+import json
+import os
+import stat
+import sys
+import textwrap
+
+import pytest
+
+from launch import sweep as sweep_lib
+from launch import tpu as tpu_lib
+from scaling import plan as plan_lib
+
+DEMO = 'configs/sweeps/isoflop_cpu.py'
+
+# A synthetic-data sweep of very small models: real runs take seconds.
+TINY_SWEEP = '''
+import ml_collections
+from configs.sweeps import isoflop_cpu
+
+def get_config():
+  c = isoflop_cpu.get_config()
+  c.base_config = 'configs/base.py'
+  c.overrides = ml_collections.ConfigDict({{
+      'data': {{'source': 'synthetic', 'seq_len': 32, 'global_batch_size': 16,
+                'synthetic_tokens': 40_000}},
+      'model': {{'vocab_size': 64}},
+      'train': {{'eval_batches': 2, 'peak_flops': 1e11}},
+  }})
+  c.budgets = {budgets}
+  c.n_sizes = {n_sizes}
+  c.law = '20x'
+  c.span = 2.0
+  c.min_steps = {min_steps}
+  c.shape.update(dict(d_multiple=4, head_dim=8, tolerance=0.15))
+  c.evals_per_run = 2
+  c.checkpoints_per_run = 1
+  c.fit.bootstrap = 0
+  c.fit.plots = False
+  {extra}
+  return c
+'''
+
+
+def write_sweep(tmp_path, budgets=(2e9, 6e9), n_sizes=3, min_steps=20, extra='', name='sweep.py'):
+  path = tmp_path / name
+  path.write_text(TINY_SWEEP.format(budgets=budgets, n_sizes=n_sizes, min_steps=min_steps,
+                                    extra=extra))
+  return str(path)
+
+
+def fake_python(tmp_path, fail_marker='NONE'):
+  """An 'interpreter' that plays `python -m train`: writes a plausible summary.json.
+
+  It fails (exit 3, after printing a message) for a workdir containing
+  `fail_marker`, and records each call in calls.txt.
+  """
+  path = tmp_path / 'fake_python'
+  path.write_text(textwrap.dedent(f'''\
+      #!{sys.executable}
+      import json, math, os, sys
+      args = sys.argv[1:]
+      workdir = args[args.index('--workdir') + 1]
+      with open({str(tmp_path / 'calls.txt')!r}, 'a') as f:
+        f.write(workdir + '\\n')
+      if {fail_marker!r} in workdir:
+        print('boom: simulated failure'); sys.exit(3)
+      o = dict(a.split('=', 1) for a in args if a.startswith('--config.'))
+      L, D = int(o['--config.model.n_layers']), int(o['--config.model.d_model'])
+      F, C = int(o['--config.model.d_ff']), float(o['--config.train.flops'])
+      N = L * (4 * D * D + 3 * D * F + 2 * D) + D + 64 * D
+      T = C / (6 * N)
+      loss = 1.5 + 400 / N ** 0.35 + 400 / T ** 0.3
+      os.makedirs(workdir, exist_ok=True)
+      json.dump(dict(params_with_head=N, tokens=T, flops_6nd=6 * N * T, eval_loss=loss),
+                open(os.path.join(workdir, 'summary.json'), 'w'))
+      '''))
+  path.chmod(path.stat().st_mode | stat.S_IEXEC)
+  return str(path)
+
+
+# ---------------------------------------------------------------------------- expansion
+
+
+def test_demo_sweep_expands_into_planned_runs():
+  cfg = sweep_lib.load_config_file(DEMO)
+  sweep = sweep_lib.expand(cfg)
+  assert len(sweep.runs) == len(cfg.budgets) * cfg.n_sizes
+  assert sorted({r.budget for r in sweep.runs}) == sorted(cfg.budgets)
+  for budget in cfg.budgets:
+    runs = [r for r in sweep.runs if r.budget == budget]
+    plan = plan_lib.isoflop_plan(budget, cfg.law, cfg.n_sizes, cfg.span)
+    assert [r.target_params for r in runs] == pytest.approx(plan['sizes'])
+    for r in runs:
+      assert r.params == pytest.approx(r.target_params, rel=cfg.shape.tolerance)
+      # D = C / (6 N), rounded up to whole steps.
+      assert r.tokens >= budget / (6 * r.params) > r.tokens - r.tokens_per_step
+      assert r.steps >= cfg.min_steps
+      sh = r.shape
+      assert sh['d_model'] % sh['n_heads'] == 0 and (sh['d_model'] // sh['n_heads']) % 2 == 0
+      assert sh['n_heads'] % sh['n_kv_heads'] == 0
+      assert r.config.train.flops == budget and r.config.train.steps == 0
+      assert r.overrides['train.flops'] == budget
+      assert r.name.startswith(sweep_lib.budget_label(budget) + '_')
+  assert len({r.name for r in sweep.runs}) == len(sweep.runs)
+
+
+def test_launcher_steps_match_the_training_loop():
+  from train import optim
+  for r in sweep_lib.expand(sweep_lib.load_config_file(DEMO)).runs:
+    assert optim.planned_steps(r.config) == r.steps, r.name
+
+
+def test_shape_rule_hits_targets_and_names_failures():
+  base = sweep_lib.load_config_file('configs/tiny_cpu.py').model
+  rule = sweep_lib.load_config_file(DEMO).shape
+  from model.counts import param_counts
+  for target in (3e5, 1e6, 5e6, 3e7):
+    shape = sweep_lib.build_shape(target, base, rule)
+    m = base.copy_and_resolve_references()
+    m.update(shape)
+    assert param_counts(m).with_head == pytest.approx(target, rel=rule.tolerance)
+  with pytest.raises(sweep_lib.SweepError, match='no model shape within 10% of target N=1,000'):
+    sweep_lib.build_shape(1e3, base, rule)  # Smaller than the embedding head alone.
+
+
+def test_budget_labels():
+  assert sweep_lib.budget_label(1e11) == '1e11'
+  assert sweep_lib.budget_label(3.2e12) == '3.2e12'
+  assert sweep_lib.budget_label(500.0) == '500'
+
+
+# ---------------------------------------------------------------------------- dry run
+
+
+def test_dry_run_prints_table_and_commands_and_runs_nothing(tmp_path, capsys):
+  workdir = tmp_path / 'sweep'
+  assert sweep_lib.main(['--config', DEMO, '--workdir', str(workdir), '--dry-run']) == 0
+  out = capsys.readouterr().out
+  sweep = sweep_lib.expand(sweep_lib.load_config_file(DEMO))
+  for header in ('C (FLOPs)', 'd_model', 'N (w/ head)', 'D (tokens)', 'steps', 'D/N'):
+    assert header in out
+  commands = [ln for ln in out.splitlines() if ' -m train ' in ln]
+  assert len(commands) == len(sweep.runs)
+  for r, line in zip(sweep.runs, commands):
+    assert f'--workdir {workdir / r.name}' in line
+    assert f'--config.train.flops={r.budget!r}' in line
+    assert f'--config.model.d_model={r.shape["d_model"]}' in line
+    assert '--config.train.steps=0' in line  # tiny_cpu sets steps; train.flops must win.
+  assert not workdir.exists()
+
+
+def test_tpu_dry_run_prints_gcloud_commands(tmp_path, capsys):
+  extra = ("from launch import tpu\n  c.tpu = tpu.default_config()\n"
+           "  c.tpu.update(dict(name='v5e-16-a', zone='us-west4-a', workdir='gs://b/s'))")
+  cfg = write_sweep(tmp_path, extra=extra)
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(tmp_path / 'w'), '--tpu', '--dry-run']) == 0
+  lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith('gcloud ')]
+  assert len(lines) == 6
+  assert all('tpu-vm ssh v5e-16-a --zone=us-west4-a --worker=all' in ln for ln in lines)
+  assert all('--workdir gs://b/s/' in ln and '--multihost' in ln for ln in lines)
+  fetch = tpu_lib.fetch_commands(sweep_lib.load_config_file(cfg).tpu, 'r1', '/tmp/x')
+  assert fetch[0] == ['gcloud', 'storage', 'cp', 'gs://b/s/r1/summary.json', '/tmp/x/summary.json']
+
+
+# ---------------------------------------------------------------------------- local pool (stubbed train)
+
+
+def test_pool_continues_after_a_failure_skips_finished_runs_and_fits(tmp_path):
+  cfg = write_sweep(tmp_path)
+  sweep = sweep_lib.expand(sweep_lib.load_config_file(cfg))
+  bad = sweep.runs[1].name
+  python = fake_python(tmp_path, fail_marker=bad)
+  workdir = tmp_path / 'sweep'
+  lines = []
+  rc = sweep_lib.main(['--config', cfg, '--workdir', str(workdir), '--python', python,
+                       '--parallel', '2'], log=lines.append)
+  text = '\n'.join(lines)
+  assert rc == 1
+  assert f'FAILED  {bad} (exit 3' in text and 'boom: simulated failure' in text
+  assert str(workdir / bad / 'train.log') in text
+  for r in sweep.runs:
+    assert (workdir / r.name / 'summary.json').exists() == (r.name != bad)
+  assert (workdir / 'fit' / 'fit.json').exists()  # The rest was still fitted.
+  fit = json.load(open(workdir / 'fit' / 'fit.json'))
+  assert fit['input']['n_points'] == len(sweep.runs) - 1
+
+  # Rerun: finished runs are skipped, only the failed one starts again (and now succeeds).
+  calls = tmp_path / 'calls.txt'
+  calls.unlink()
+  lines.clear()
+  rc = sweep_lib.main(['--config', cfg, '--workdir', str(workdir), '--python', fake_python(tmp_path)],
+                      log=lines.append)
+  assert rc == 0
+  assert calls.read_text().split() == [str(workdir / bad)]
+  assert sum('skip    ' in ln for ln in lines) == len(sweep.runs) - 1
+  fit = json.load(open(workdir / 'fit' / 'fit.json'))
+  assert fit['input']['n_points'] == len(sweep.runs) and 'approach3' in fit
+  assert len(open(workdir / bad / 'train.log').read().split('\n=== ')) == 3  # Appended, not replaced.
+
+
+def test_run_state_sees_checkpoints(tmp_path):
+  assert sweep_lib.run_state(str(tmp_path)) == 'new'
+  (tmp_path / 'checkpoints' / '40').mkdir(parents=True)
+  assert sweep_lib.run_state(str(tmp_path)) == 'resume'
+  (tmp_path / 'summary.json').write_text('{}')
+  assert sweep_lib.run_state(str(tmp_path)) == 'finished'
+
+
+# ---------------------------------------------------------------------------- real runs
+
+
+def test_real_runs_train_with_their_budget_and_are_skipped_on_rerun(tmp_path):
+  cfg = write_sweep(tmp_path, budgets=(1e9,), n_sizes=2)
+  workdir = tmp_path / 'sweep'
+  lines = []
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(workdir), '--parallel', '2', '--no-fit'],
+                        log=lines.append) == 0, '\n'.join(lines)
+  for r in sweep_lib.expand(sweep_lib.load_config_file(cfg)).runs:
+    s = json.load(open(workdir / r.name / 'summary.json'))
+    assert s['params_with_head'] == r.params and s['steps'] == r.steps
+    assert s['config']['train']['flops'] == 1e9
+    assert s['flops_6nd'] == pytest.approx(1e9, rel=1 / r.steps)
+    assert 'done:' in open(workdir / r.name / 'train.log').read()
+  lines.clear()
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(workdir), '--no-fit'], log=lines.append) == 0
+  assert sum('skip    ' in ln for ln in lines) == 2
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize('extra, message', [
+    ("c.base_config = 'configs/nope.py'", "base_config 'configs/nope.py': no such file"),
+    ('c.budgets = (1e9, -1.0)', 'every FLOP budget must be a positive number, got \\[-1.0\\]'),
+    ('c.budgets = (0.0,)', 'must be a positive number'),
+    ('c.budgets = ()', 'budgets: empty'),
+    ("c.overrides.data.nonsense = 3", "unknown config key 'data.nonsense'"),
+    ("c.overrides.model.d_model = 64", 'model.d_model is set per run by the shape rule'),
+    ("c.overrides.train.steps = 10", 'train.steps is set per run'),
+    ('c.shape.max_d_model = 16', 'budget 2e\\+09, size 3/3: no model shape within 15%'),
+    ('c.min_steps = 10_000', r'shorter than min_steps=10000 .*2e9_L'),
+    ('c.n_sizes = 5; c.span = 1.05', 'build the same shape'),
+    ("c.law = 'kaplan'", "budget 2e\\+09: --law 'kaplan': not a known law"),
+    ('del c["n_sizes"]', 'the sweep config lacks n_sizes'),
+])
+def test_bad_sweeps_are_refused_with_the_reason(tmp_path, capsys, extra, message):
+  cfg = write_sweep(tmp_path, extra=extra)
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(tmp_path / 'w'), '--dry-run']) == 2
+  import re
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and re.search(message, err), err
+  assert not (tmp_path / 'w').exists()
+
+
+def test_missing_sweep_config_and_bad_parallel(tmp_path, capsys):
+  assert sweep_lib.main(['--config', str(tmp_path / 'no.py'), '--workdir', str(tmp_path)]) == 2
+  assert 'no such file' in capsys.readouterr().err
+  assert sweep_lib.main(['--config', DEMO, '--workdir', str(tmp_path), '--parallel', '0']) == 2
+  assert '--parallel must be >= 1' in capsys.readouterr().err
+
+
+def test_tpu_flag_needs_a_tpu_block(tmp_path, capsys):
+  cfg = write_sweep(tmp_path)
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(tmp_path / 'w'), '--tpu', '--dry-run']) == 2
+  assert 'has no tpu block' in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- AOT hook
+
+
+def test_check_fit_hook_uses_scaling_aot_when_present(tmp_path, monkeypatch):
+  import types
+  import scaling
+  sweep = sweep_lib.expand(sweep_lib.load_config_file(write_sweep(tmp_path)))
+  monkeypatch.setitem(sys.modules, 'scaling.aot', None)  # Not importable.
+  monkeypatch.delattr(scaling, 'aot', raising=False)
+  assert sweep_lib.check_fit(sweep, 'v5p:2x2x2', log=lambda m: None) is None
+  seen = []
+
+  def fits(cfg, topo):
+    seen.append((cfg.model.d_model, topo))
+    if cfg.model.d_model == 12:
+      raise ValueError('mesh does not match')
+    return cfg.model.d_model < 20, 'fake verdict'
+
+  fake = types.SimpleNamespace(fits=fits, have_libtpu=lambda: True)
+  monkeypatch.setitem(sys.modules, 'scaling.aot', fake)
+  monkeypatch.setattr(scaling, 'aot', fake, raising=False)
+  lines = []
+  assert sweep_lib.check_fit(sweep, 'v5p:2x2x2', log=lines.append) is False
+  assert len(seen) == len(sweep.runs) and all(t == 'v5p:2x2x2' for _, t in seen)
+  assert any('DOES NOT FIT (check failed: mesh does not match)' in ln for ln in lines)
+  assert any(ln.endswith(': fits (fake verdict)') for ln in lines)
+  fake.have_libtpu = lambda: False
+  assert sweep_lib.check_fit(sweep, 'v5p:2x2x2', log=lines.append) is None
+  assert 'libtpu is not installed' in lines[-1]
+
+
+def test_fit_of_the_sweep_reads_only_its_runs_and_reports_a_failed_fit(tmp_path, monkeypatch):
+  from scaling import fit as fit_lib
+  names = []
+  for i, (n, d) in enumerate([(1e4, 1e6), (2e4, 5e5), (4e4, 2.5e5), (1e4, 3e6), (3e4, 1e6),
+                              (9e4, 3.3e5)]):
+    names.append(f'run{i}')
+    os.makedirs(tmp_path / names[-1])
+    json.dump(dict(params_with_head=n, tokens=d, flops_6nd=6 * n * d,
+                   eval_loss=1.5 + 400 / n ** 0.35 + 400 / d ** 0.3),
+              open(tmp_path / names[-1] / 'summary.json', 'w'))
+  os.makedirs(tmp_path / 'not_this_sweep')  # Left out, not reported.
+  lines = []
+  result = sweep_lib.fit_sweep(str(tmp_path), names, str(tmp_path / 'fit'), bootstrap=20,
+                               plots=False, log=lines.append)
+  assert result['input']['n_points'] == 6 and 'approach3' in result
+  assert not any('not_this_sweep' in ln for ln in lines)
+  assert (tmp_path / 'fit' / 'fit.json').exists()
+
+  def broken(points, **kw):
+    raise fit_lib.FitError('no approach could be fitted')
+
+  monkeypatch.setattr(fit_lib, 'fit_all', broken)
+  lines = []
+  assert sweep_lib.fit_sweep(str(tmp_path), names, str(tmp_path / 'fit2'), bootstrap=0,
+                             plots=False, log=lines.append) is None
+  assert any('fit: failed: no approach could be fitted' in ln for ln in lines)
