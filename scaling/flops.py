@@ -173,7 +173,10 @@ def lower_train_step(config, mesh):
 def _cost(stage_obj) -> dict:
   ca = stage_obj.cost_analysis()
   if isinstance(ca, (list, tuple)):  # Older jax: one dict per partition.
-    ca = ca[0]
+    ca = ca[0] if ca else None
+  if not ca:  # e.g. a lowered (not compiled) program for an AOT TPU topology.
+    raise ValueError(f'XLA gives no cost analysis for this {type(stage_obj).__name__} program on '
+                     'this backend; try stage="compiled"')
   return {'flops': float(ca.get('flops', 0.0)),
           'transcendentals': float(ca.get('transcendentals', 0.0)),
           'bytes_accessed': float(ca.get('bytes accessed', 0.0))}

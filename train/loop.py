@@ -81,7 +81,10 @@ def run(config, workdir: str) -> dict:
   program = step_lib.build(config, mesh)
   # XLA's own count of the step (scan-corrected, lowered HLO: a few seconds, nothing compiled).
   from scaling import flops as flops_lib  # Local: scaling.flops itself builds on train.step.
-  xla = flops_lib.measure_step_flops(config, mesh, uncorrected=False)
+  try:
+    xla = flops_lib.measure_step_flops(config, mesh, uncorrected=False)
+  except ValueError as e:  # No cost model on this backend: say so, train anyway.
+    xla = {'flops_xla': None, 'flops_xla_model': None, 'method': f'unavailable: {e}'}
   checkpointer = ckpt_lib.Checkpointer(workdir, config.train.keep_checkpoints)
   with sharding.use_mesh(mesh):
     start = checkpointer.latest_step() or 0
@@ -105,9 +108,10 @@ def run(config, workdir: str) -> dict:
   report.scalars(0, counts.as_dict(), 'params')
   report.scalars(0, {'xla_per_step': xla['flops_xla'], 'xla_model_per_step': xla['flops_xla_model'],
                      'model_per_step': flops_per_token * tokens_per_step}, 'flops')
-  report.console(f'FLOPs per step: XLA {xla["flops_xla"]:.4g} (model {xla["flops_xla_model"]:.4g}), '
-                 f'6ND {6.0 * counts.with_head * tokens_per_step:.4g}, MFU count '
-                 f'{flops_per_token * tokens_per_step:.4g}')
+  xla_text = (f'XLA {xla["flops_xla"]:.4g} (model {xla["flops_xla_model"]:.4g})'
+              if xla['flops_xla'] else f'XLA count {xla["method"]}')
+  report.console(f'FLOPs per step: {xla_text}, 6ND {6.0 * counts.with_head * tokens_per_step:.4g}, '
+                 f'MFU count {flops_per_token * tokens_per_step:.4g}')
 
   def bpb(loss):
     n_bytes = splits.val.n_bytes
@@ -183,8 +187,8 @@ def run(config, workdir: str) -> dict:
       'steps': steps,
       'flops_6nd': 6.0 * counts.with_head * tokens,
       'model_flops_per_token': flops_per_token,
-      'flops_xla': xla['flops_xla'] * steps,
-      'flops_xla_model': xla['flops_xla_model'] * steps,
+      'flops_xla': xla['flops_xla'] and xla['flops_xla'] * steps,
+      'flops_xla_model': xla['flops_xla_model'] and xla['flops_xla_model'] * steps,
       'flops_xla_method': xla['method'],
       'final_train_loss': train_loss,
       'eval_loss': eval_loss,
