@@ -29,7 +29,6 @@ parameter count `model.counts.param_counts`.
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -90,30 +89,16 @@ class Sweep:
 # ---------------------------------------------------------------------------- config files
 
 
-def resolve_path(path: str) -> str:
-  """A config path as given (absolute or relative to the cwd), else relative to the repo root."""
-  if os.path.isabs(path) or os.path.exists(path):
-    return path
-  return os.path.join(REPO_ROOT, path)
 
 
 def load_config_file(path: str, what: str = 'config') -> ml_collections.ConfigDict:
   """`get_config()` of a Python config file; SweepError naming `what` when it cannot."""
-  full = resolve_path(path)
-  if not os.path.isfile(full):
-    raise SweepError(f'{what} {path!r}: no such file')
-  if REPO_ROOT not in sys.path:  # Config files import `configs.base`.
-    sys.path.insert(0, REPO_ROOT)
-  name = '_chinchax_cfg_' + os.path.splitext(os.path.basename(full))[0]
-  spec = importlib.util.spec_from_file_location(name, full)
-  module = importlib.util.module_from_spec(spec)
+  from train import cli
+  from train.config_check import ConfigError
   try:
-    spec.loader.exec_module(module)
-  except Exception as e:  # A broken config file: say which, keep the cause.
-    raise SweepError(f'{what} {path!r} failed to load: {type(e).__name__}: {e}') from e
-  if not hasattr(module, 'get_config'):
-    raise SweepError(f'{what} {path!r} has no get_config()')
-  return module.get_config()
+    return cli.load_config_file(path, what)
+  except ConfigError as e:
+    raise SweepError(str(e)) from e
 
 
 def flatten(tree, prefix: str = '') -> dict:

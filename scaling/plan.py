@@ -24,7 +24,6 @@ Laws (compute-optimal N_opt, D_opt for a budget C):
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -242,20 +241,8 @@ SHAPE_FLAGS = ('n_layers', 'd_model', 'n_heads', 'n_kv_heads', 'd_ff', 'vocab_si
 
 def load_config(path: str):
   """The ConfigDict of an ml_collections config file (calls its get_config())."""
-  if not os.path.isfile(path):
-    raise ValueError(f'--config {path!r}: no such file')
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  if root not in sys.path:  # Config files import `configs.base`; resolve from the repo root.
-    sys.path.insert(0, root)
-  spec = importlib.util.spec_from_file_location('_chinchax_plan_config', path)
-  module = importlib.util.module_from_spec(spec)
-  try:
-    spec.loader.exec_module(module)
-  except Exception as e:  # A broken config file: say which, without a traceback.
-    raise ValueError(f'--config {path!r}: cannot import it ({type(e).__name__}: {e})') from None
-  if not hasattr(module, 'get_config'):
-    raise ValueError(f'--config {path!r}: has no get_config()')
-  cfg = module.get_config()
+  from train import cli
+  cfg = cli.load_config_file(path, '--config')
   if 'model' not in cfg:
     raise ValueError(f'--config {path!r}: has no "model" block')
   return cfg

@@ -5,9 +5,13 @@ for an unknown key; `run` turns every flag problem into one line naming the
 flag, and `ConfigError`s into one message, each with exit status 2.
 """
 
+import importlib.util
+import os
 import sys
 
 from absl import app, flags
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _parse(argv):
@@ -72,3 +76,28 @@ def emit(result: dict, table: str, json_flag: str | None) -> None:
     with open(json_flag, 'w') as f:
       json.dump(result, f, indent=1, default=float)
     print(f'wrote {json_flag}')
+
+
+def load_config_file(path: str, what: str = '--config'):
+  """`get_config()` of a Python config file, outside absl flags (for sweeps and the planner).
+
+  A relative path is taken from the working directory, else from the repo root.
+  Raises ConfigError naming `what` and the path when the file is missing, fails
+  to import, or has no get_config().
+  """
+  from train.config_check import ConfigError
+  full = path if os.path.isabs(path) or os.path.exists(path) else os.path.join(REPO_ROOT, path)
+  if not os.path.isfile(full):
+    raise ConfigError(f'{what} {path!r}: no such file')
+  if REPO_ROOT not in sys.path:  # Config files import `configs.base`.
+    sys.path.insert(0, REPO_ROOT)
+  name = '_chinchax_cfg_' + os.path.splitext(os.path.basename(full))[0]
+  spec = importlib.util.spec_from_file_location(name, full)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # A broken config file: say which, keep the cause, no traceback.
+    raise ConfigError(f'{what} {path!r} failed to load: {type(e).__name__}: {e}') from e
+  if not hasattr(module, 'get_config'):
+    raise ConfigError(f'{what} {path!r} has no get_config()')
+  return module.get_config()
