@@ -89,8 +89,6 @@ class Sweep:
 # ---------------------------------------------------------------------------- config files
 
 
-
-
 def load_config_file(path: str, what: str = 'config') -> ml_collections.ConfigDict:
   """`get_config()` of a Python config file; SweepError naming `what` when it cannot."""
   from train import cli
