@@ -263,10 +263,11 @@ def model_shape(config_path: str | None = None, **flags) -> tuple[memory.ModelSh
       raise ValueError(f'--config {config_path!r}: model block lacks {", ".join(missing)}')
     fields = {k: m[k] for k in SHAPE_FLAGS if k in m}
     fields['tie_embeddings'] = bool(m.get('tie_embeddings', False))
+    fields['qk_norm'] = bool(m.get('qk_norm', False))
     if 'data' in cfg and 'seq_len' in cfg.data:
       seq_len = int(cfg.data.seq_len)
   fields.update({k: v for k, v in flags.items() if v is not None})
-  if not fields or set(fields) <= {'tie_embeddings'}:
+  if not fields or set(fields) <= {'tie_embeddings', 'qk_norm'}:
     return None, seq_len
   fields.setdefault('n_kv_heads', fields.get('n_heads'))
   missing = [k for k in ('n_layers', 'd_model', 'n_heads', 'd_ff') if fields.get(k) is None]
