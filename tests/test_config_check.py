@@ -40,6 +40,7 @@ def cfg(**overrides):
     (dict(mesh__fsdp=0), 'mesh.fsdp=0'),
     (dict(mesh__data=1, mesh__fsdp=8, model__d_model=132, model__n_heads=2, model__n_kv_heads=2),
      'dimension of size 132 sharded over mesh axes fsdp (size 8)'),
+    (dict(optim__warmup_steps=300), 'optim.warmup_steps=300 is not below the 300 planned steps'),
     (dict(mesh__data=1, mesh__tensor=8, model__n_kv_heads=2),
      'sharded over mesh axes tensor (size 8)'),
 ])
@@ -51,6 +52,12 @@ def test_invalid_config_names_the_key(overrides, message):
 
 def test_valid_config_resolves_the_mesh():
   assert validate(cfg(mesh__fsdp=2), n_devices=8) == dict(data=4, fsdp=2, tensor=1, expert=1)
+
+
+def test_batch_axes_must_cover_every_process():
+  with pytest.raises(ConfigError, match='must be a multiple of the 2 processes'):
+    validate(cfg(mesh__data=1, mesh__tensor=8, model__n_kv_heads=8, model__n_heads=8), 8,
+             n_processes=2)
 
 
 def test_all_problems_reported_at_once():

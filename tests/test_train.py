@@ -75,6 +75,14 @@ def test_refuses_to_resume_a_different_run(finished_run):
     loop.run(c, workdir)
 
 
+def test_resume_allows_a_moved_cache(finished_run):
+  workdir, summary = finished_run
+  c = small_config()
+  c.data.cache_dir = '/somewhere/else'  # Not part of the run's identity (synthetic data here).
+  again = loop.run(c, workdir)  # Already finished: reports the final state again.
+  np.testing.assert_allclose(again['eval_loss'], summary['eval_loss'], rtol=1e-6)
+
+
 def test_non_finite_loss_stops_without_checkpointing_nan(tmp_path):
   c = small_config()
   c.optim.update(dict(lr=1e9, grad_clip=0.0, weight_decay=0.0, warmup_steps=1))

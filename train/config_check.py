@@ -60,8 +60,9 @@ def model_errors(m) -> list[str]:
   return errors
 
 
-def validate(config: ml_collections.ConfigDict, n_devices: int) -> dict[str, int]:
-  """Check `config` for a run on `n_devices`; return the resolved mesh shape.
+def validate(config: ml_collections.ConfigDict, n_devices: int,
+             n_processes: int = 1) -> dict[str, int]:
+  """Check `config` for a run on `n_devices` in `n_processes`; return the resolved mesh shape.
 
   Raises ConfigError listing every problem found.
   """
@@ -104,6 +105,12 @@ def validate(config: ml_collections.ConfigDict, n_devices: int) -> dict[str, int
   if len(lengths) != 1:
     errors.append('train.steps, train.tokens, train.flops: set exactly one of them > 0 '
                   f'(got {", ".join(f"train.{k}={t[k]}" for k in ("steps", "tokens", "flops"))})')
+  elif o.warmup_steps > 0 and not errors:
+    from train.optim import planned_steps  # Local: optim imports optax.
+    steps = planned_steps(config)
+    if o.warmup_steps >= steps:
+      errors.append(f'optim.warmup_steps={o.warmup_steps} is not below the {steps} planned steps: '
+                    'the run would end before its learning rate decays')
   _positive_ints(c, 'train', ('eval_every', 'eval_batches', 'log_every', 'keep_checkpoints'), errors)
   for k in ('checkpoint_every', 'peak_flops'):
     if t[k] < 0:
@@ -119,6 +126,10 @@ def validate(config: ml_collections.ConfigDict, n_devices: int) -> dict[str, int
     if c.data.global_batch_size % batch_shards:
       errors.append(f'data.global_batch_size={c.data.global_batch_size} is not divisible by the '
                     f'batch-sharding mesh axes data*fsdp*expert={batch_shards}')
+    if batch_shards % n_processes:
+      errors.append(f'mesh: the batch-sharding axes data*fsdp*expert={batch_shards} must be a '
+                    f'multiple of the {n_processes} processes (each process feeds its own rows); '
+                    'shard mesh.tensor within a host')
     if not any(e.startswith('model.') for e in errors):
       errors += [f'{e} (check model.* sizes against mesh.*)'
                  for e in sharding.divisibility_errors(_abstract_params(c.model), mesh)]

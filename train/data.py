@@ -49,7 +49,10 @@ def train_iterator(split: TokenFile, seq_len: int, global_batch_size: int, seed:
   if len(windows) < global_batch_size:
     raise ValueError(f'the training split has {len(windows)} windows of {seq_len + 1} tokens, '
                      f'fewer than data.global_batch_size={global_batch_size}')
-  ds = grain.MapDataset.source(windows).shuffle(seed=seed)
+  # A whole number of global batches per epoch: every process then has equally long epochs, and
+  # the global batches are the same windows whatever the process count.
+  n = len(windows) // global_batch_size * global_batch_size
+  ds = grain.MapDataset.source(windows)[:n].shuffle(seed=seed)
   ds = ds[jax.process_index()::jax.process_count()].repeat()
   ds = ds.map(_to_example).batch(local_batch_size(global_batch_size), drop_remainder=True)
   it_ds = ds.to_iter_dataset()

@@ -25,11 +25,15 @@ from train.tokens import bits_per_byte
 
 # Parts of the config that must match to resume a workdir (mesh and logging may change).
 RESUME_KEYS = ('seed', 'model', 'data', 'optim', 'train.steps', 'train.tokens', 'train.flops')
+# Within those, keys that may differ (where the cache lives, how many loader workers).
+RESUME_FREE = ('data.cache_dir', 'data.worker_count')
 
 
 def _get(cfg_dict: dict, dotted: str):
   for k in dotted.split('.'):
     cfg_dict = cfg_dict[k]
+  if isinstance(cfg_dict, dict):
+    cfg_dict = {k: v for k, v in cfg_dict.items() if f'{dotted}.{k}' not in RESUME_FREE}
   return cfg_dict
 
 
@@ -58,7 +62,7 @@ def evaluate(program, state, batches, mesh) -> float:
 
 def run(config, workdir: str) -> dict:
   """Train `config` in `workdir`; returns (and writes) summary.json's contents."""
-  mesh_shape = config_check.validate(config, jax.device_count())
+  mesh_shape = config_check.validate(config, jax.device_count(), jax.process_count())
   os.makedirs(workdir, exist_ok=True)
   _check_same_run(workdir, config)
   mesh = sharding.make_mesh(config.mesh)
@@ -147,34 +151,45 @@ def run(config, workdir: str) -> dict:
       report.console(f'step {s}/{steps} | loss {train_loss:.4f} | lr {m["lr"]:.2e} | '
                      f'grad norm {m["grad_norm"]:.3f}{rate}')
 
+  def pause_timing(s):
+    """Evals and checkpoints are not training: restart the throughput clock after them."""
+    nonlocal last_log_time, last_log_step
+    if last_log_time is not None:
+      last_log_time, last_log_step = time.perf_counter(), s
+
   t0 = time.perf_counter()
-  with sharding.use_mesh(mesh):
-    for s in range(start + 1, steps + 1):
-      batch = data_lib.to_global(next(train_iter), mesh)
-      state, metrics = program.train_step(state, batch)
+  try:
+    with sharding.use_mesh(mesh):
+      for s in range(start + 1, steps + 1):
+        batch = data_lib.to_global(next(train_iter), mesh)
+        state, metrics = program.train_step(state, batch)
+        if pending is not None:
+          flush_pending()
+        pending = (s, metrics)
+        if s % config.train.eval_every == 0 or s == steps:
+          flush_pending()
+          pending = None
+          eval_loss = evaluate(program, state, val_batches, mesh)
+          tokens = s * tokens_per_step
+          report.scalars(s, {'loss': eval_loss, 'bpb': bpb(eval_loss)}, 'eval')
+          report.curve_row({'step': s, 'tokens': tokens, 'flops': 6.0 * counts.with_head * tokens,
+                            'train_loss': train_loss, 'eval_loss': eval_loss})
+          b = bpb(eval_loss)
+          report.console(f'eval step {s} | loss {eval_loss:.4f} nats/token' +
+                         (f' | {b:.4f} bits/byte' if b is not None else ''))
+          report.flush()
+          pause_timing(s)
+        if config.train.checkpoint_every and (s % config.train.checkpoint_every == 0 or s == steps):
+          checkpointer.save(s, state, train_iter)
+          report.flush()  # The curve up to a checkpoint survives a crash after it.
+          pause_timing(s)
       if pending is not None:
         flush_pending()
-      pending = (s, metrics)
-      if s % config.train.eval_every == 0 or s == steps:
-        flush_pending()
-        pending = None
+      if start >= steps:  # Already finished: report the final state again.
         eval_loss = evaluate(program, state, val_batches, mesh)
-        tokens = s * tokens_per_step
-        report.scalars(s, {'loss': eval_loss, 'bpb': bpb(eval_loss)}, 'eval')
-        report.curve_row({'step': s, 'tokens': tokens, 'flops': 6.0 * counts.with_head * tokens,
-                          'train_loss': train_loss, 'eval_loss': eval_loss})
-        b = bpb(eval_loss)
-        report.console(f'eval step {s} | loss {eval_loss:.4f} nats/token' +
-                       (f' | {b:.4f} bits/byte' if b is not None else ''))
-        report.flush()
-      if config.train.checkpoint_every and (s % config.train.checkpoint_every == 0 or s == steps):
-        checkpointer.save(s, state, train_iter)
-    if pending is not None:
-      flush_pending()
-    if start >= steps:  # Already finished: report the final state again.
-      eval_loss = evaluate(program, state, val_batches, mesh)
-      train_loss = next((r['train_loss'] for r in reversed(report.curve)), train_loss)
-  checkpointer.close()
+        train_loss = next((r['train_loss'] for r in reversed(report.curve)), train_loss)
+  finally:
+    checkpointer.close()  # Finish an in-flight save even when the run stops with an error.
 
   secs = sum(t for t, _ in intervals)
   n_steps = sum(n for _, n in intervals)

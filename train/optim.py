@@ -22,13 +22,18 @@ def planned_steps(config) -> int:
 
 
 def schedule(config) -> optax.Schedule:
-  """Linear warmup to optim.lr, cosine decay to min_lr_ratio * lr at the planned end."""
+  """Linear warmup to optim.lr, cosine decay to min_lr_ratio * lr at the planned end.
+
+  The optimizer calls the schedule with the update count (0 for step 1), so the
+  curve is shifted by one: step 1 already has a non-zero rate and the last
+  planned step gets exactly min_lr_ratio * lr.
+  """
   o, steps = config.optim, planned_steps(config)
-  warmup = o.warmup_steps or int(o.warmup_fraction * steps)
-  warmup = min(warmup, steps - 1)
-  return optax.warmup_cosine_decay_schedule(
+  warmup = min(o.warmup_steps or int(o.warmup_fraction * steps), steps - 1)
+  base = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=o.lr, warmup_steps=warmup, decay_steps=steps,
       end_value=o.lr * o.min_lr_ratio)
+  return lambda count: base(count + 1)
 
 
 def _decay_mask(params):
