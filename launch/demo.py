@@ -7,9 +7,11 @@ tiny byte-level transformers on the built-in English corpus, each run's
 cosine schedule matched to its own budget) with `launch.sweep`, which then
 fits approaches 1-3 (`scaling.fit`) into WORKDIR/fit. Rerunning skips the
 finished runs and refits. Prints where fit.json, the plots and the TensorBoard
-logs are. Measured on the shared 2-core CPU: 448 s with 2 runs at a time
-(the default: one run's Python startup and compilation overlap the other's
-training), 523 s one at a time; the fit is the same (runs are deterministic).
+logs are. Measured on 2 CPU cores: 272 s with 2 runs at a time (the default:
+one run's Python startup and compilation overlap the other's training) on an
+otherwise idle machine; 448 s (2 at a time) and 523 s (one at a time) while
+other jobs shared the cores. Runs are deterministic: the fit does not depend
+on the parallelism.
 """
 
 import argparse

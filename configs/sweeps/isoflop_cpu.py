@@ -1,7 +1,7 @@
 """The CPU scaling demo: 3 FLOP budgets x 5 model sizes of tiny byte-level models.
 
   python -m launch.sweep --config configs/sweeps/isoflop_cpu.py --workdir runs/isoflop_cpu --dry-run
-  python -m launch.demo   # runs it (7-9 minutes on 2 CPU cores), then fits
+  python -m launch.demo   # runs it (about 5 minutes on 2 CPU cores), then fits
 
 Byte-level tokens (vocabulary 257) keep the output head small, so the models
 (5k to 190k parameters with head) are not just an embedding table; the
@@ -9,7 +9,8 @@ built-in English corpus has ~31M byte tokens, more than any run sees (no
 epoch repeats). Sizes are centred on Epoch AI's law (~37 tokens/param) with a
 factor-4 span either side; these tiny models want ~100 tokens/param, which
 still lies inside each budget's sizes (approach 2 needs an interior minimum).
-Measured on the shared 2-core CPU (15 runs + fit): 448 s with --parallel 2, 523 s with 1.
+Measured on 2 CPU cores (15 runs + fit): 272 s with --parallel 2 on an idle machine; 448 s
+(--parallel 2) and 523 s (--parallel 1) while other jobs shared the cores.
 """
 
 import ml_collections
