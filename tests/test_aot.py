@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from configs import base
+from configs import base, tiny_cpu
 from scaling import aot
 from train.config_check import ConfigError
 
@@ -141,3 +141,14 @@ def test_over_hbm_is_a_verdict_not_a_crash():
   assert r['compiler_message']
   assert 'DOES NOT FIT' in aot.format_report(r)
 
+
+
+def test_global_flops_count_remat_recomputation_without_a_tpu():
+  # The global (pre-TPU-compiler) count needs no libtpu: remat adds hardware FLOPs, never removes.
+  c = tiny_cpu.get_config()
+  c.data.source = 'synthetic'
+  c.model.remat = 'full'
+  g = aot.global_flops(c)
+  assert g['flops_xla'] > 1.1 * g['flops_xla_model']
+  c.model.remat = 'none'
+  assert aot.global_flops(c)['flops_xla'] == pytest.approx(g['flops_xla_model'], rel=1e-6)
