@@ -143,7 +143,7 @@ def test_interrupted_preparation_is_redone(tmp_path, monkeypatch):
   monkeypatch.setattr(tokens_lib, 'write_token_file', real)
   s = corpus.prepare_splits(cfg, vocab_size=257, seed=0)
   assert s.train.n_docs >= 1
-  leftovers = glob.glob(str(tmp_path / 'cache' / '**' / '*.tmp'), recursive=True)
+  leftovers = glob.glob(str(tmp_path / 'cache' / '**' / '*.tmp'), recursive=True, include_hidden=True)
   assert not leftovers
 
 

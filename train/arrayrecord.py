@@ -49,12 +49,12 @@ import logging
 import operator
 import os
 import sys
-import uuid
 from typing import Iterable
 
 import numpy as np
 
 from train import corpus
+from train import files
 from train import tokens as tokens_lib
 
 log = logging.getLogger(__name__)
@@ -390,33 +390,13 @@ def prepare_splits(data_cfg, *, vocab_size: int) -> corpus.Splits:
 # ----------------------------------------------------------------- writing.
 
 
-def _tmp_name(path: str, suffix: str) -> str:
-  """Creates an empty hidden file next to path (globs like DIR/* skip it), mode 0666 & ~umask."""
-  tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                     f'.{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}')
-  os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-  return tmp
-
-
 def _write_meta(path: str, meta: dict) -> None:
-  tmp = _tmp_name(path + META_SUFFIX, '.tmp')
-  try:
-    with open(tmp, 'w') as f:
-      json.dump(meta, f, indent=1, sort_keys=True)
-    os.replace(tmp, path + META_SUFFIX)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
+  files.write_json_atomic(path + META_SUFFIX, meta, indent=1, sort_keys=True)
 
 
 def _save_index(path: str, lengths: np.ndarray) -> None:
-  tmp = _tmp_name(path + INDEX_SUFFIX, '.npy')
-  try:
-    np.save(tmp, np.asarray(lengths, np.int64))
-    os.replace(tmp, path + INDEX_SUFFIX)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
+  with files.atomic_open(path + INDEX_SUFFIX, 'wb') as f:
+    np.save(f, np.asarray(lengths, np.int64))
 
 
 def write_arrayrecord(path, docs: Iterable, *, vocab_size: int, tokenizer_name: str,
@@ -455,7 +435,7 @@ def write_arrayrecord(path, docs: Iterable, *, vocab_size: int, tokenizer_name: 
   dtype = tokens_lib.dtype_for_vocab(vocab_size)
   lengths, pending = [], []
   n_docs, max_id = 0, -1
-  tmp = _tmp_name(path, '.tmp')
+  tmp = files.temp_path(path)
   writer = array_record_module.ArrayRecordWriter(tmp, _WRITER_OPTIONS)
 
   def flush():

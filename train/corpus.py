@@ -48,6 +48,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from train import files
 from train import tokenizer as tok_lib
 from train import tokens as tokens_lib
 
@@ -303,17 +304,13 @@ def _read_json(path: str):
 
 
 def _write_json(path: str, obj) -> None:
-  tokens_lib._write_json_atomic(path, obj)  # pylint: disable=protected-access
+  files.write_json_atomic(path, obj, indent=1, sort_keys=True)
 
 
 def _write_docs(path: str, docs: list[str]) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + '.', suffix='.tmp',
-                             dir=os.path.dirname(path))
-  with os.fdopen(fd, 'w', encoding='utf-8') as f:
+  with files.atomic_open(path, 'w', encoding='utf-8') as f:
     for d in docs:
       f.write(json.dumps(d, ensure_ascii=False) + '\n')
-  os.replace(tmp, path)
 
 
 def _read_docs(path: str) -> list[str]:

@@ -11,12 +11,11 @@ import time
 
 import jax
 
+from train import files
+
 
 def write_json_atomic(path: str, obj) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, default=_jsonable)
-  os.replace(tmp, path)
+  files.write_json_atomic(path, obj, indent=2, default=_jsonable)
 
 
 def _jsonable(x):

@@ -16,10 +16,11 @@ import hashlib
 import io
 import os
 import re
-import tempfile
 from typing import Iterable, Iterator
 
 import numpy as np
+
+from train import files
 
 # sentencepiece skips training lines longer than this many bytes, silently.
 SPM_MAX_SENTENCE_BYTES = 4192
@@ -234,9 +235,6 @@ def get_tokenizer(kind: str, vocab_size: int, *, cache_dir: str, key: str,
   if os.path.exists(path):
     return _load_spm(path)
   proto = train_bpe(train_docs(), vocab_size, name=name, what=what)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=name + '.', suffix='.tmp', dir=os.path.dirname(path))
-  with os.fdopen(fd, 'wb') as f:
+  with files.atomic_open(path, 'wb') as f:
     f.write(proto)
-  os.replace(tmp, path)
   return _load_spm(path)

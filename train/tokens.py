@@ -20,11 +20,12 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from typing import Iterable
 
 import numpy as np
 import tqdm
+
+from train import files
 
 FORMAT_VERSION = 1
 # Files up to this size are checked against their sha256 when opened (about
@@ -107,42 +108,33 @@ def write_token_file(path, docs: Iterable[str], tokenizer, *,
     The TokenFile, opened from disk.
   """
   path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
   dtype = dtype_for_vocab(tokenizer.vocab_size)
   if not 0 <= tokenizer.eos_id < tokenizer.vocab_size:
     raise ValueError(f'{tokenizer.name}: eos id {tokenizer.eos_id} outside [0, {tokenizer.vocab_size}).')
   eos = np.array([tokenizer.eos_id], dtype)
   n_tokens = n_bytes = n_docs = 0
   sha = hashlib.sha256()
-  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-  try:
-    with os.fdopen(fd, 'wb') as f, tqdm.tqdm(
-        docs, desc=desc or os.path.basename(path), total=total, unit='doc',
-        mininterval=1.0, disable=None) as bar:
-      for batch in _batched(bar, 64):
-        for doc, ids in zip(batch, _encode_batch(tokenizer, batch)):
-          ids = np.asarray(ids, dtype=np.int64)
-          if ids.size and (ids.min() < 0 or ids.max() >= tokenizer.vocab_size):
-            raise ValueError(f'{tokenizer.name}: token id out of range [0, {tokenizer.vocab_size}).')
-          chunk = np.concatenate([ids.astype(dtype), eos]).tobytes()
-          f.write(chunk)
-          sha.update(chunk)
-          n_tokens += ids.size + 1
-          n_bytes += len(doc.encode('utf-8'))
-          n_docs += 1
-      f.flush()
-      os.fsync(f.fileno())
-    meta = dict(format_version=FORMAT_VERSION, dtype=dtype.str, n_tokens=n_tokens,
-                n_bytes=n_bytes, n_docs=n_docs, vocab_size=int(tokenizer.vocab_size),
-                eos_id=int(tokenizer.eos_id), tokenizer=tokenizer.name,
-                file_bytes=n_tokens * dtype.itemsize, sha256=sha.hexdigest())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-  _write_json_atomic(meta_path(path), meta)
+  with files.atomic_open(path, 'wb') as f, tqdm.tqdm(
+      docs, desc=desc or os.path.basename(path), total=total, unit='doc',
+      mininterval=1.0, disable=None) as bar:
+    for batch in _batched(bar, 64):
+      for doc, ids in zip(batch, _encode_batch(tokenizer, batch)):
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= tokenizer.vocab_size):
+          raise ValueError(f'{tokenizer.name}: token id out of range [0, {tokenizer.vocab_size}).')
+        chunk = np.concatenate([ids.astype(dtype), eos]).tobytes()
+        f.write(chunk)
+        sha.update(chunk)
+        n_tokens += ids.size + 1
+        n_bytes += len(doc.encode('utf-8'))
+        n_docs += 1
+    f.flush()
+    os.fsync(f.fileno())
+  meta = dict(format_version=FORMAT_VERSION, dtype=dtype.str, n_tokens=n_tokens,
+              n_bytes=n_bytes, n_docs=n_docs, vocab_size=int(tokenizer.vocab_size),
+              eos_id=int(tokenizer.eos_id), tokenizer=tokenizer.name,
+              file_bytes=n_tokens * dtype.itemsize, sha256=sha.hexdigest())
+  files.write_json_atomic(meta_path(path), meta, indent=1, sort_keys=True)
   return open_token_file(path)
 
 
@@ -163,21 +155,6 @@ def _encode_batch(tokenizer, docs: list[str]) -> list[list[int]]:
   if hasattr(tokenizer, 'encode_batch'):
     return tokenizer.encode_batch(docs)
   return [tokenizer.encode(d) for d in docs]
-
-
-def _write_json_atomic(path: str, obj) -> None:
-  """Writes JSON to path via a temporary file and a rename."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-  try:
-    with os.fdopen(fd, 'w') as f:
-      json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def _corrupt(path: str, why: str) -> ValueError:
