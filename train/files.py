@@ -15,7 +15,8 @@ def temp_path(path: str, suffix: str = '.tmp') -> str:
   """Create an empty hidden file next to `path` and return its name."""
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  tmp = os.path.join(folder, f'.{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}')
+  name = f'.{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}'
+  tmp = os.path.join(folder, name)
   os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
   return tmp
 
