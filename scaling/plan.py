@@ -29,6 +29,7 @@ import math
 import os
 import sys
 
+from scaling import fit
 from scaling import memory
 from train import hardware
 
@@ -66,9 +67,8 @@ class Law:
     """(G, a, b) of the efficient frontier N_opt = G (C/6)^a, D_opt = G^-1 (C/6)^b."""
     if not self.is_loss_law:
       raise ValueError(f'law {self.name!r} is a fixed ratio, it has no loss frontier')
-    s = self.alpha + self.beta
-    g = (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / s)
-    return g, self.beta / s, self.alpha / s
+    k = fit.frontier_constants(dict(A=self.A, B=self.B, alpha=self.alpha, beta=self.beta))
+    return k['G'], k['a'], k['b']
 
   def optimum(self, flops: float) -> tuple[float, float]:
     """(N_opt parameters, D_opt tokens) for a total training budget of `flops` FLOPs."""
