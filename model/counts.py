@@ -47,6 +47,18 @@ def param_counts(cfg) -> ParamCounts:
                      non_embedding=non_embedding, with_head=non_embedding + V * D)
 
 
+def palm_flops_per_token(n_params: float, n_layers: int, n_heads: int, d_head: int, seq_len: int,
+                         causal: bool = False) -> float:
+  """PaLM/MaxText model FLOPs per training token: 6N + 12*L*H*Q*T.
+
+  `causal=True` halves the attention term (MaxText: a causal mask skips half the
+  T x T products); PaLM, levanter and `model_flops_per_token` (chinchax's MFU)
+  count it in full.
+  """
+  attn = 12.0 * n_layers * n_heads * d_head * seq_len
+  return 6.0 * n_params + (0.5 if causal else 1.0) * attn
+
+
 def model_flops_per_token(cfg, seq_len: int) -> float:
   """Training model FLOPs per token, PaLM convention: 6*N + 12*L*H*K*T.
 
@@ -55,6 +67,5 @@ def model_flops_per_token(cfg, seq_len: int) -> float:
   PaLM and levanter). Remat recomputation is not included: this is what MFU
   divides by.
   """
-  n = param_counts(cfg).with_head
-  attn_dim = cfg.n_heads * (cfg.d_model // cfg.n_heads)
-  return 6.0 * n + 12.0 * cfg.n_layers * attn_dim * seq_len
+  return palm_flops_per_token(param_counts(cfg).with_head, cfg.n_layers, cfg.n_heads,
+                              cfg.d_model // cfg.n_heads, seq_len)

@@ -27,6 +27,7 @@ import math
 import re
 
 from model import counts
+from model.counts import palm_flops_per_token  # Re-exported: the MFU count lives with the model.
 from scaling import memory
 
 # ------------------------------------------------------------------ analytic counts (pure)
@@ -96,18 +97,6 @@ def chinchilla_forward_flops(n_layers: int, d_model: int, n_heads: int, d_head: 
 def chinchilla_train_flops(*args, **kwargs) -> float:
   """Appendix-F training FLOPs per SEQUENCE: forward + backward (= 2x forward) = 3x forward."""
   return 3.0 * chinchilla_forward_flops(*args, **kwargs)
-
-
-def palm_flops_per_token(n_params: float, n_layers: int, n_heads: int, d_head: int, seq_len: int,
-                         causal: bool = False) -> float:
-  """PaLM/MaxText model FLOPs per training token: 6N + 12*L*H*Q*T.
-
-  `causal=True` halves the attention term (MaxText: a causal mask skips half the
-  T x T products); PaLM, levanter and `model.counts.model_flops_per_token`
-  (chinchax's MFU) count it in full.
-  """
-  attn = 12.0 * n_layers * n_heads * d_head * seq_len
-  return 6.0 * n_params + (0.5 if causal else 1.0) * attn
 
 
 def deepseek_flops_per_token(n_layers: int, d_model: int, seq_len: int) -> float:
