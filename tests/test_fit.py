@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-import scipy.optimize
 
 from scaling import fit
 

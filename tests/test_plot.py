@@ -31,7 +31,6 @@ def test_write_all_pngs_and_tensorboard(tmp_path):
     path = os.path.join(out, f"{name}.png")
     assert os.path.getsize(path) > 5000, name
   from tensorboardX.proto import event_pb2
-  from tensorboardX.record_writer import RecordWriter  # noqa: F401 (tensorboardX present)
   events = glob.glob(os.path.join(out, "events.out.tfevents.*"))
   assert len(events) == 1
   tags = set()

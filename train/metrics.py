@@ -30,7 +30,6 @@ class Reporter:
   """TensorBoard (tensorboardX) events, curve.json rows and console lines, from process 0."""
 
   def __init__(self, workdir: str, resume_step: int = 0):
-    self.workdir = workdir
     self.enabled = jax.process_index() == 0
     self.curve_path = os.path.join(workdir, 'curve.json')
     self.curve = []
