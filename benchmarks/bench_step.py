@@ -13,38 +13,36 @@ devices), and the compiled program's peak memory per device (memory_analysis);
 keeps it flat in depth). Prints a table; --json writes the same numbers.
 """
 
+import copy
 import statistics
 import time
 
+import jax
+import numpy as np
 from absl import flags
-from ml_collections import config_flags
 
-config_flags.DEFINE_config_file('config', None, 'Config file (a get_config() module).',
-                                lock_config=True)
+from configs import cli
+from model import counts, sharding
+from train import config_check
+from train import cost
+from train import hardware
+from train import step as step_lib
+
+cli.define_config_flag()
+cli.define_json_flag()
 flags.DEFINE_integer('steps', 10, 'Timed steps (after 2 warm-up steps).')
-flags.DEFINE_string('json', None, 'Bare --json: print JSON instead of the table; --json=PATH: also write PATH.')
 flags.DEFINE_string('depths', '4,32', 'Layer counts whose compile time is compared ("" skips).')
 flags.DEFINE_integer('matmul_n', 1024, 'Size of the square matmul that measures the peak.')
 flags.mark_flags_as_required(['config'])
 
 
 def _compile_seconds(config, mesh) -> float:
-  from scaling import flops
   t = time.perf_counter()
-  flops.lower_train_step(config, mesh).compile()
+  cost.lower_train_step(config, mesh).compile()
   return time.perf_counter() - t
 
 
 def run(config, steps: int, depths: list[int], matmul_n: int) -> dict:
-  import copy
-
-  import jax
-  import numpy as np
-
-  from model import counts, sharding
-  from train import hardware
-  from train import step as step_lib
-
   peak = hardware.measure_matmul_peak(n=matmul_n, dtype='float32')
   mesh = sharding.make_mesh(config.mesh, jax.devices())
   n_dev = mesh.devices.size
@@ -53,7 +51,7 @@ def run(config, steps: int, depths: list[int], matmul_n: int) -> dict:
   program = step_lib.build(config, mesh)
   with sharding.use_mesh(mesh):
     t = time.perf_counter()
-    compiled = program.train_step.lower(program.abstract_state(config),
+    compiled = program.train_step.lower(program.abstract_state,
                                         program.abstract_batch(config)).compile()
     compile_s = time.perf_counter() - t
     state = step_lib.init_state(config, program)
@@ -120,12 +118,8 @@ def format_results(r: dict) -> str:
 
 
 def main(argv):
-  import jax
-
-  from train import cli, config_check
+  del argv
   F = flags.FLAGS
-  if len(argv) > 1:
-    raise config_check.ConfigError(f'unexpected arguments {argv[1:]}')
   config_check.validate(F.config, jax.device_count())
   try:
     depths = [int(x) for x in F.depths.split(',') if x.strip()]
@@ -136,5 +130,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from train import cli
-  cli.run(main)
+  cli.run_absl(main)

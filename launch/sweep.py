@@ -22,13 +22,14 @@ same command continues a sweep. A failed run is reported with its log and the
 rest go on. At the end the finished runs are fitted (`scaling.fit`: approaches
 1-3) into DIR/fit/ (fit.json, PNGs, TensorBoard events).
 
-This module never imports the model or the training loop: runs are processes
-(`python -m train`), and the only model function used is the closed-form
-parameter count `model.counts.param_counts`.
+This module never imports the training loop: runs are processes
+(`python -m train`, and `python -m scaling.aot` for --check-fit); from the
+model it uses only the closed-form counts (`model.counts`).
 """
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -40,10 +41,15 @@ import warnings
 
 import ml_collections
 
-from model.counts import param_counts
+from configs import load
+from launch import tpu
+from model.counts import param_counts, planned_steps
+from scaling import fit as fit_lib
 from scaling import plan as plan_lib
+from scaling import points as points_lib
+from scaling import tables
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = load.REPO_ROOT
 SHAPE_KEYS = ('n_layers', 'd_model', 'n_heads', 'n_kv_heads', 'd_ff')
 SWEEP_KEYS = ('base_config', 'overrides', 'budgets', 'law', 'n_sizes', 'span', 'min_steps', 'shape',
               'evals_per_run', 'logs_per_run', 'checkpoints_per_run', 'fit')
@@ -91,11 +97,9 @@ class Sweep:
 
 def load_config_file(path: str, what: str = 'config') -> ml_collections.ConfigDict:
   """`get_config()` of a Python config file; SweepError naming `what` when it cannot."""
-  from train import cli
-  from train.config_check import ConfigError
   try:
-    return cli.load_config_file(path, what)
-  except ConfigError as e:
+    return load.load_config_file(path, what)
+  except load.ConfigError as e:
     raise SweepError(str(e)) from e
 
 
@@ -224,23 +228,8 @@ def shape_name(shape: dict) -> str:
 # ---------------------------------------------------------------------------- expansion
 
 
-def planned_steps(flops: float, params: int, tokens_per_step: int) -> int:
-  """Steps `train` plans for train.flops = C: ceil(C / (6 N) / tokens per step).
-
-  Mirrors train.optim.planned_steps (tests check they agree) so the launcher
-  needs neither jax nor the training code to print a plan.
-  """
-  return max(1, math.ceil(flops / (plan_lib.FLOPS_PER_PARAM_TOKEN * params) / tokens_per_step))
-
-
-def expand(sweep_cfg: ml_collections.ConfigDict) -> Sweep:
-  """The runs of a sweep config, budget by budget, smallest model first.
-
-  Raises SweepError (naming the key, budget or size) for an unknown base config
-  or override key, non-positive budgets, a size no shape can build, duplicate
-  shapes within a budget, or runs shorter than `min_steps`.
-  """
-  s = sweep_cfg
+def _check_sweep_keys(s) -> list:
+  """The sweep's budgets, sorted; SweepError for missing keys or bad budgets."""
   missing = [k for k in SWEEP_KEYS if k not in s]
   if missing:
     raise SweepError(f'the sweep config lacks {", ".join(missing)} (see configs/sweeps/isoflop_cpu.py)')
@@ -253,6 +242,11 @@ def expand(sweep_cfg: ml_collections.ConfigDict) -> Sweep:
     raise SweepError(f'budgets: every FLOP budget must be a positive number, got {bad}')
   if len(set(budgets)) != len(budgets):
     raise SweepError(f'budgets: duplicates in {budgets}')
+  return sorted(budgets)
+
+
+def _base_config(s) -> tuple[ml_collections.ConfigDict, dict]:
+  """(base run config with the common overrides applied, the common overrides as dotted keys)."""
   base = load_config_file(s.base_config, 'base_config')
   common = flatten(s.overrides)
   for key in common:
@@ -261,48 +255,57 @@ def expand(sweep_cfg: ml_collections.ConfigDict) -> Sweep:
     if key.startswith('model.') and key.split('.')[1] in SHAPE_KEYS:
       raise SweepError(f'overrides: {key} is set per run by the shape rule; remove it')
   apply_overrides(base, common, 'overrides')
-  tokens_per_step = base.data.global_batch_size * base.data.seq_len
+  return base, common
 
-  runs, warnings, too_short = [], [], []
-  for budget in sorted(budgets):
+
+def _make_run(s, base, common: dict, budget: float, target: float, shape: dict, name: str) -> Run:
+  """One run of `budget` FLOPs with `shape`: its config, steps and command-line overrides."""
+  per_run = {f'model.{k}': v for k, v in shape.items()}
+  per_run.update({'train.flops': float(budget), 'train.steps': 0, 'train.tokens': 0})
+  config = ml_collections.ConfigDict(base.to_dict())
+  apply_overrides(config, per_run, f'run {name}')
+  steps = planned_steps(config)
+  cadence = _cadence(s, steps)
+  apply_overrides(config, cadence, f'run {name}')
+  overrides = {**common, **per_run, **cadence}
+  overrides = {k: v for k, v in overrides.items()
+               if not (k in ('train.steps', 'train.tokens') and _get(base, k) == 0)}
+  return Run(name=name, budget=float(budget), target_params=target,
+             params=param_counts(config.model).with_head, shape=shape, steps=steps,
+             tokens_per_step=base.data.global_batch_size * base.data.seq_len, overrides=overrides,
+             config=config)
+
+
+def _budget_runs(s, base, common: dict, budget: float, runs: list) -> list:
+  """The runs of one budget: the plan's sizes around N_opt, each built into a shape."""
+  try:
+    p = plan_lib.isoflop_plan(float(budget), s.law, n_sizes=s.n_sizes, span=s.span)
+  except ValueError as e:
+    raise SweepError(f'budget {budget:g}: {e}') from None
+  seen, out = {}, []
+  for i, target in enumerate(p['sizes']):
     try:
-      p = plan_lib.isoflop_plan(float(budget), s.law, n_sizes=s.n_sizes, span=s.span)
-    except ValueError as e:
-      raise SweepError(f'budget {budget:g}: {e}') from None
-    seen = {}
-    for i, target in enumerate(p['sizes']):
-      try:
-        shape = build_shape(target, base.model, s.shape)
-      except SweepError as e:
-        raise SweepError(f'budget {budget:g}, size {i + 1}/{len(p["sizes"])}: {e}') from None
-      name = f'{budget_label(budget)}_{shape_name(shape)}'
-      if name not in seen and any(r.name == name for r in runs):
-        raise SweepError(f'budget {budget:g}: run name {name} repeats another budget\'s '
-                         '(budgets equal to 3 significant digits)')
-      if name in seen:
-        raise SweepError(f'budget {budget:g}: sizes {seen[name] + 1} and {i + 1} (targets '
-                         f'{p["sizes"][seen[name]]:,.0f} and {target:,.0f}) build the same shape '
-                         f'{shape_name(shape)}; use fewer sizes, a wider span or a smaller head_dim')
-      seen[name] = i
-      params = _n_with_head(base.model, shape)
-      steps = planned_steps(budget, params, tokens_per_step)
-      per_run = {f'model.{k}': v for k, v in shape.items()}
-      per_run['train.flops'] = float(budget)
-      per_run['train.steps'] = 0
-      per_run['train.tokens'] = 0
-      per_run.update(_cadence(s, steps))
-      config = ml_collections.ConfigDict(base.to_dict())
-      apply_overrides(config, per_run, f'run {name}')
-      overrides = {**common, **per_run}
-      overrides = {k: v for k, v in overrides.items()
-                   if not (k in ('train.steps', 'train.tokens') and _get(base, k) == 0)}
-      run = Run(name=name, budget=float(budget), target_params=target, params=params, shape=shape,
-                steps=steps, tokens_per_step=tokens_per_step, overrides=overrides, config=config)
-      runs.append(run)
-      if steps < s.min_steps:
-        too_short.append(run)
+      shape = build_shape(target, base.model, s.shape)
+    except SweepError as e:
+      raise SweepError(f'budget {budget:g}, size {i + 1}/{len(p["sizes"])}: {e}') from None
+    name = f'{budget_label(budget)}_{shape_name(shape)}'
+    if name not in seen and any(r.name == name for r in runs):
+      raise SweepError(f'budget {budget:g}: run name {name} repeats another budget\'s '
+                       '(budgets equal to 3 significant digits)')
+    if name in seen:
+      raise SweepError(f'budget {budget:g}: sizes {seen[name] + 1} and {i + 1} (targets '
+                       f'{p["sizes"][seen[name]]:,.0f} and {target:,.0f}) build the same shape '
+                       f'{shape_name(shape)}; use fewer sizes, a wider span or a smaller head_dim')
+    seen[name] = i
+    out.append(_make_run(s, base, common, budget, target, shape, name))
+  return out
+
+
+def _check_lengths(s, runs: list) -> list[str]:
+  """SweepError for runs shorter than min_steps; warnings for runs far from their planned N."""
+  too_short = [r for r in runs if r.steps < s.min_steps]
   if too_short:
-    lines = [f'{r.name}: {r.steps} steps (D={r.tokens:,} tokens at {tokens_per_step:,} tokens/step)'
+    lines = [f'{r.name}: {r.steps} steps (D={r.tokens:,} tokens at {r.tokens_per_step:,} tokens/step)'
              for r in too_short]
     raise SweepError(
         f'{len(too_short)} run(s) shorter than min_steps={s.min_steps} (warmup and cosine need room, '
@@ -310,10 +313,26 @@ def expand(sweep_cfg: ml_collections.ConfigDict) -> Sweep:
         '. Raise the smallest budget, shrink data.global_batch_size * data.seq_len, or lower span.')
   off = [r for r in runs if abs(r.params / r.target_params - 1) > 0.05]
   if off:
-    warnings.append(f'{len(off)} run(s) more than 5% from the planned N (shape rounding): '
-                    + ', '.join(r.name for r in off))
-  return Sweep(base_config=s.base_config, runs=runs, fit=s.fit, warnings=warnings,
-               tpu=s.get('tpu'))
+    return [f'{len(off)} run(s) more than 5% from the planned N (shape rounding): '
+            + ', '.join(r.name for r in off)]
+  return []
+
+
+def expand(sweep_cfg: ml_collections.ConfigDict) -> Sweep:
+  """The runs of a sweep config, budget by budget, smallest model first.
+
+  Raises SweepError (naming the key, budget or size) for an unknown base config
+  or override key, non-positive budgets, a size no shape can build, duplicate
+  shapes within a budget, or runs shorter than `min_steps`.
+  """
+  s = sweep_cfg
+  budgets = _check_sweep_keys(s)
+  base, common = _base_config(s)
+  runs = []
+  for budget in budgets:
+    runs += _budget_runs(s, base, common, budget, runs)
+  warns = _check_lengths(s, runs)
+  return Sweep(base_config=s.base_config, runs=runs, fit=s.fit, warnings=warns, tpu=s.get('tpu'))
 
 
 def _get(config, dotted: str):
@@ -481,9 +500,8 @@ def fit_sweep(workdir: str, names: list, out: str, bootstrap: int = 200, plots: 
   Only the sweep's own run folders are read (not DIR/fit or other folders).
   Returns the fit dict, or None when nothing could be fitted.
   """
-  from scaling import fit as fit_lib
   try:
-    points = fit_lib.load_runs(workdir, warn=lambda m: None)
+    points = points_lib.load_runs(workdir, warn=lambda m: None)
   except ValueError as e:
     log(f'fit: {e}')
     return None
@@ -504,10 +522,10 @@ def fit_sweep(workdir: str, names: list, out: str, bootstrap: int = 200, plots: 
     except ValueError as e:  # The runs stay on disk; say why there is no fit.
       log(f'fit: failed: {e}. Reproduce with: python -m scaling.fit --runs {workdir} --out {out}')
       return None
-  path = fit_lib.write_json(result, out)
-  log(fit_lib.format_table(result))
+  path = tables.write_json(result, out)
+  log(tables.format_table(result))
   if plots:
-    from scaling import plot
+    from scaling import plot  # Local: matplotlib, only when plotting.
     plot.write_all(points, result, out)
   log(f'fit: wrote {path}' + (f' and plots; TensorBoard: tensorboard --logdir {out}' if plots else ''))
   return result
@@ -516,34 +534,40 @@ def fit_sweep(workdir: str, names: list, out: str, bootstrap: int = 200, plots: 
 # ---------------------------------------------------------------------------- AOT fit check (hook)
 
 
-def check_fit(sweep: Sweep, topology: str, log=print) -> bool | None:
-  """Ask scaling.aot whether each run's config fits `topology` (e.g. 'v5p:2x2x2').
+def aot_command(sweep: Sweep, run: Run, topology: str, python: str = sys.executable) -> list:
+  """argv of `python -m scaling.aot` for one run's config on a TPU slice (no FLOP compiles)."""
+  argv = [python, '-m', 'scaling.aot', '--config', sweep.base_config, '--topology', topology,
+          '--noflops']
+  return argv + [f'--config.{k}={_flag_value(v)}' for k, v in run.overrides.items()]
 
-  Calls `scaling.aot.fits(config, topology) -> (fits, verdict line)` (one
-  AOT compile per run for that TPU slice, no TPU needed, but libtpu is) when
-  the module, and libtpu, are there. A run whose config the check rejects
-  (ValueError: mesh vs chip count, divisibility) counts as not fitting.
-  Returns True when every run fits, False when any does not, None when the
-  check is unavailable (a note is printed; nothing fails).
+
+def check_fit(sweep: Sweep, topology: str, log=print, python: str = sys.executable) -> bool | None:
+  """Ask `python -m scaling.aot` whether each run's config fits `topology` (e.g. 'v5p:2x2x2').
+
+  One AOT compile per run for that TPU slice, in its own process (no TPU
+  needed, but libtpu is: without it the check is skipped with a note). Exit
+  status 0 = fits, 1 = does not fit, 2 = the config cannot go on this slice
+  as configured (counts as not fitting); any other status means the check
+  itself could not run. Returns True when every run fits, False when any does
+  not, None when the check is unavailable (nothing fails).
   """
-  try:
-    from scaling import aot
-    fn = aot.fits
-  except (ImportError, AttributeError) as e:
-    log(f'--check-fit {topology}: skipped, scaling.aot.fits is not available ({e})')
-    return None
-  have = getattr(aot, 'have_libtpu', None)
-  if have is not None and not have():
+  if importlib.util.find_spec('libtpu') is None:
     log(f'--check-fit {topology}: skipped, libtpu is not installed (pip install -e \'.[tpu-aot]\')')
     return None
   all_fit = True
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
   for r in sweep.runs:
-    try:
-      fits, msg = fn(r.config, topology)
-    except ValueError as e:  # AotError, ConfigError: the run cannot go on this slice as configured.
-      fits, msg = False, f'check failed: {e}'
+    p = subprocess.run(aot_command(sweep, r, topology, python), cwd=REPO_ROOT, env=env,
+                       capture_output=True, text=True)
+    out = [ln.strip() for ln in (p.stdout + p.stderr).splitlines() if ln.strip()]
+    last = out[-1] if out else ''
+    if p.returncode not in (0, 1, 2):
+      log(f'--check-fit {topology}: skipped, scaling.aot could not run (exit {p.returncode}: {last})')
+      return None
+    fits = p.returncode == 0
+    msg = last if p.returncode != 2 else f'check failed: {last.removeprefix("error: ")}'
     log(f'check-fit {topology}: {r.name}: {"fits" if fits else "DOES NOT FIT"} ({msg})')
-    all_fit = all_fit and bool(fits)
+    all_fit = all_fit and fits
   return all_fit
 
 
@@ -588,7 +612,6 @@ def main(argv=None, log=print) -> int:
       print(f'error: some runs do not fit {args.check_fit}; not starting', file=sys.stderr)
       return 2
   if args.tpu:
-    from launch import tpu
     commands = [(r.name, tpu.ssh_command(sweep.tpu, train_command(sweep, r, sweep.tpu.workdir,
                                                                   sweep.tpu.python) + ['--multihost']))
                 for r in sweep.runs]
@@ -601,7 +624,6 @@ def main(argv=None, log=print) -> int:
     return 0
   os.makedirs(workdir, exist_ok=True)
   if args.tpu:
-    from launch import tpu
     results = tpu.run_all(sweep, commands, workdir, log)
   else:
     results = run_all(commands, workdir, args.parallel, log)

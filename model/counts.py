@@ -13,6 +13,7 @@ Which N?
 """
 
 import dataclasses
+import math
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,3 +70,25 @@ def model_flops_per_token(cfg, seq_len: int) -> float:
   """
   return palm_flops_per_token(param_counts(cfg).with_head, cfg.n_layers, cfg.n_heads,
                               cfg.d_model // cfg.n_heads, seq_len)
+
+FLOPS_PER_PARAM_TOKEN = 6.0  # C = 6 N D: 2 FLOPs per multiply-add x (forward + 2x backward).
+
+
+def tokens_per_step(config) -> int:
+  """Tokens of one optimizer step: data.global_batch_size * data.seq_len."""
+  return config.data.global_batch_size * config.data.seq_len
+
+
+def planned_steps(config) -> int:
+  """Optimizer steps of a run, from whichever of train.steps / train.tokens / train.flops is set.
+
+  A FLOP budget C becomes tokens D = C / (6 N) with N = params with head, and
+  D becomes ceil(D / tokens per step) steps (so 6 N D >= C by under one step).
+  The one place the run length is computed: the schedule, validation and the
+  sweep launcher all call this.
+  """
+  t = config.train
+  if t.steps:
+    return int(t.steps)
+  tokens = t.tokens or t.flops / (FLOPS_PER_PARAM_TOKEN * param_counts(config.model).with_head)
+  return max(1, math.ceil(tokens / tokens_per_step(config)))

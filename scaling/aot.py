@@ -13,9 +13,9 @@ allocated) and compiled by XLA's TPU compiler. Everything reported is PER CHIP
     m and v, step counters, batch; padded to the TPU's (8, 128) tiles), outputs
     (aliased to the donated arguments), temporaries (gradients, activations,
     workspace), generated code. total = arguments + outputs - aliased + temp +
-    code, against the chip's HBM (`train.hardware.CHIPS`). The compiler itself
+    code, against the chip's HBM (`configs.hardware.CHIPS`). The compiler itself
     refuses a program over HBM: that is the "does not fit" verdict.
-  * FLOPs: XLA's TPU cost analysis, scan-corrected (`scaling.flops`: unrolled
+  * FLOPs: XLA's TPU cost analysis, scan-corrected (`train.cost`: unrolled
     1- and 2-layer compiles, total = outside + L * per layer), next to 6*N*D
     and the analytic counts, each divided by the chip count.
   * step time: PaLM model FLOPs per chip / (peak bf16 FLOP/s * MFU).
@@ -28,6 +28,7 @@ topology, mesh not matching the chip count, dimensions not divisible, missing
 libtpu).
 """
 
+import copy
 import dataclasses
 import importlib.util
 import math
@@ -36,11 +37,23 @@ import re
 import sys
 import time
 
-from model import counts
-from scaling import flops as flops_lib
-from scaling import memory
-from train import hardware
-from train.config_check import ConfigError
+if __name__ == '__main__':  # Before jax is imported: the TPU is only described, never used.
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+# pylint: disable=wrong-import-position
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
+
+from configs import cli  # noqa: E402
+from configs import hardware  # noqa: E402
+from configs.load import ConfigError  # noqa: E402
+from model import counts, sharding  # noqa: E402
+from scaling import flops as flops_lib  # noqa: E402
+from scaling import memory  # noqa: E402
+from train import config_check  # noqa: E402
+from train import cost  # noqa: E402
+from train import step as step_lib  # noqa: E402
 
 # libtpu looks for a TPU VM's metadata when its plugin starts; these make it start
 # quietly on a plain machine, and let it start while another JAX process in the
@@ -134,7 +147,7 @@ def topology_devices(topology: Topology | str) -> list:
     os.environ.setdefault(k, v)
   # Read once, when the plugin starts (the first slice described in this process).
   os.environ.setdefault('TPU_ACCELERATOR_TYPE', _accelerator_type(topo))
-  from jax.experimental import topologies
+  from jax.experimental import topologies  # Local: describing a slice needs libtpu.
   host = tuple(min(g, b) for g, b in zip(topo.grid + (1,) * (3 - len(topo.grid)), (2, 2, 1)))
   try:
     desc = topologies.get_topology_desc(
@@ -161,7 +174,6 @@ def tiled_bytes(shard_shape, dtype, layout=None) -> int:
   `layout` is a jax Layout (`major_to_minor`, `tiling`) from `compiled.input_formats`;
   None gives the plain, unpadded size.
   """
-  import numpy as np
   shape = list(shard_shape)
   itemsize = np.dtype(dtype).itemsize
   if layout is None:
@@ -180,7 +192,6 @@ def tiled_bytes(shard_shape, dtype, layout=None) -> int:
 
 def _leaf_rows(tree, formats=None) -> list[dict]:
   """Per-chip bytes of every leaf of a ShapeDtypeStruct tree (with shardings), largest first."""
-  import jax
   paths = jax.tree_util.tree_flatten_with_path(tree)[0]
   fmts = jax.tree.leaves(formats) if formats is not None else [None] * len(paths)
   if len(fmts) != len(paths):
@@ -209,10 +220,8 @@ def _compile(config, mesh):
 
   Other compile failures raise AotError with XLA's first line.
   """
-  from model import sharding
-  from train import step as step_lib
   program = step_lib.build(config, mesh)
-  state, batch = program.abstract_state(config), program.abstract_batch(config)
+  state, batch = program.abstract_state, program.abstract_batch(config)
   with sharding.use_mesh(mesh):
     lowered = program.train_step.lower(state, batch)
   try:
@@ -247,20 +256,16 @@ def _activation_rows(config, mesh_sizes) -> list[dict]:
 def global_flops(config) -> dict:
   """FLOPs PER STEP of the whole (global, unpartitioned) train step, remat recomputation included.
 
-  The same scan-corrected count as `scaling.flops.measure_step_flops(stage='lowered')`, lowered
+  The same scan-corrected count as `train.cost.measure_step_flops(stage='lowered')`, lowered
   for one host CPU device (nothing is compiled or allocated): XLA's cost analysis of the HLO
   before the TPU compiler touches it. The TPU compiler's own per-chip count undercounts under
   remat (see README), so this is the trustworthy hardware count; divide by the chip count for
   a per-chip figure when the work splits evenly.
   """
-  import copy
-
-  import jax
-  from model import sharding
   one = copy.deepcopy(config)
   one.mesh.update({a: 1 for a in sharding.MESH_AXES})
   cpu = jax.devices('cpu')[:1]
-  return flops_lib.measure_step_flops(one, sharding.make_mesh(one.mesh, cpu), stage='lowered',
+  return cost.measure_step_flops(one, sharding.make_mesh(one.mesh, cpu), stage='lowered',
                                       uncorrected=False)
 
 
@@ -276,23 +281,39 @@ def check(config, topology: Topology | str, *, mfu: float = 0.4, measure_flops: 
   Keys: topology, chip, n_chips, hbm_bytes, mesh, fits, verdict, memory
   (bytes per chip), largest_buffers, flops (per chip), step_time_s, timings_s.
   """
-  from model import sharding
-  from train import config_check
   topo = parse_topology(topology) if isinstance(topology, str) else topology
   if not 0 < mfu <= 1:
     raise AotError(f'--mfu={mfu}: must be in (0, 1]')
   mesh_sizes = config_check.validate(config, topo.n_chips)
-  devices = topology_devices(topo)
-  mesh = sharding.make_mesh(config.mesh, devices)
+  mesh = sharding.make_mesh(config.mesh, topology_devices(topo))
   t0 = time.perf_counter()
   compiled, oom, (state, batch) = _compile(config, mesh)
   timings = {'compile_as_is': time.perf_counter() - t0}
-  hbm = topo.chip.hbm_bytes
-  d, m = config.data, config.model
-  c = counts.param_counts(m)
-  tokens = d.global_batch_size * d.seq_len
-  pred = memory.training_memory_per_device(m, d.seq_len, d.global_batch_size, mesh_sizes)
+  mem, state_rows = _memory(config, topo, mesh_sizes, compiled, state, batch)
+  fits = compiled is not None and mem['total'] <= topo.chip.hbm_bytes
+  largest = [dict(name=f'{r["name"]} {tuple(r["shape"])} {r["dtype"]} {r["spec"]}',
+                  bytes=r['bytes_tiled']) for r in state_rows[:top_k]]
+  largest += _activation_rows(config, mesh_sizes)
+  largest.sort(key=lambda r: -r['bytes'])
+  fl = _flops(config, topo, mesh, compiled, measure_flops, timings)
+  m, d = config.model, config.data
+  return {
+      'topology': topo.name, 'slice': topo.slice_name, 'chip': topo.chip.name,
+      'n_chips': topo.n_chips, 'hbm_bytes': topo.chip.hbm_bytes, 'mesh': mesh_sizes,
+      'config': {'n_layers': m.n_layers, 'd_model': m.d_model, 'seq_len': d.seq_len,
+                 'global_batch_size': d.global_batch_size, 'remat': m.remat,
+                 'compute_dtype': m.compute_dtype},
+      'params': counts.param_counts(m).as_dict(''), 'tokens_per_step': counts.tokens_per_step(config),
+      'fits': fits, 'verdict': _verdict(topo, fits, mem, oom, largest), 'compiler_message': oom,
+      'memory': mem, 'largest_buffers': largest, 'largest_arguments': state_rows[:top_k],
+      'flops': fl, 'step_time_s': _step_time(config, topo, mfu, fl), 'timings_s': timings,
+  }
 
+
+def _memory(config, topo, mesh_sizes, compiled, state, batch) -> tuple[dict, list[dict]]:
+  """Bytes PER CHIP: the hand count of state and batch, the analytic prediction, XLA's analysis."""
+  d, m = config.data, config.model
+  pred = memory.training_memory_per_device(m, d.seq_len, d.global_batch_size, mesh_sizes)
   formats = compiled.input_formats[0] if compiled is not None else None
   state_rows = _leaf_rows(state, formats[0] if formats else None)
   batch_rows = _leaf_rows(batch, formats[1] if formats else None)
@@ -310,72 +331,70 @@ def check(config, topology: Topology | str, *, mfu: float = 0.4, measure_flops: 
       mem[k] = float(getattr(ma, f'{k}_size_in_bytes', 0))
     mem['total'] = (mem['argument'] + mem['output'] - mem['alias'] + mem['temp']
                     + mem['generated_code'])
-    fits = mem['total'] <= hbm
-  else:
-    fits = False
-  mem['hbm'] = hbm
+  mem['hbm'] = topo.chip.hbm_bytes
+  return mem, state_rows
 
-  largest = [dict(name=f'{r["name"]} {tuple(r["shape"])} {r["dtype"]} {r["spec"]}',
-                  bytes=r['bytes_tiled']) for r in state_rows[:top_k]]
-  largest += _activation_rows(config, mesh_sizes)
-  largest.sort(key=lambda r: -r['bytes'])
-  gib = hardware.GiB
-  if compiled is not None:
+
+def _verdict(topo, fits: bool, mem: dict, oom: str | None, largest: list[dict]) -> str:
+  """One line: FITS / DOES NOT FIT, with the largest buffers named when it does not."""
+  gib, hbm = hardware.GiB, topo.chip.hbm_bytes
+  if oom is None:
     verdict = (f'{"FITS" if fits else "DOES NOT FIT"}: {mem["total"] / gib:.2f} GiB of '
                f'{hbm / gib:.0f} GiB HBM per chip ({100 * mem["total"] / hbm:.0f}%) on {topo.name} '
                f'({topo.slice_name}, {topo.n_chips} chips)')
   else:
-    first = oom.splitlines()[0]
     verdict = (f'DOES NOT FIT on {topo.name} ({topo.slice_name}, {hbm / gib:.0f} GiB HBM per chip): '
-               f'the TPU compiler says: {first}')
+               f'the TPU compiler says: {oom.splitlines()[0]}')
   if not fits:
     verdict += '; largest buffers per chip: ' + ', '.join(
         f'{r["name"].split(" (")[0]} {r["bytes"] / gib:.2f} GiB' for r in largest[:3])
+  return verdict
 
-  six_nd = 6.0 * c.with_head * tokens
+
+def _flops(config, topo, mesh, compiled, measure_flops: bool, timings: dict) -> dict:
+  """FLOPs PER CHIP: 6ND, the analytic counts, the compiled program's, the global HLO's."""
+  d, m = config.data, config.model
+  tokens = counts.tokens_per_step(config)
+  six_nd = 6.0 * counts.param_counts(m).with_head * tokens
   fl = {'six_nd_per_chip': six_nd / topo.n_chips,
         'analytic_per_chip': [dict(name=r['name'], flops=r['flops_per_step'] / topo.n_chips,
                                    ratio_6nd=r['ratio_6nd'])
                               for r in flops_lib.analytic_rows(m, d.seq_len, tokens)]}
   if compiled is not None:
-    fl['compiled_uncorrected_per_chip'] = flops_lib._cost(compiled)['flops']
-  if measure_flops:
-    t0 = time.perf_counter()
-    g = global_flops(config)
-    fl['global_per_chip'] = g['flops_xla'] / topo.n_chips
-    fl['global_ratio_6nd'] = g['flops_xla'] / six_nd
-    fl['global_model_ratio_6nd'] = g['flops_xla_model'] / six_nd
-    fl['global_method'] = g['method']
-    timings['lower_global_variants'] = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    try:
-      meas = flops_lib.measure_step_flops(config, mesh, stage='compiled', model_flops=False,
-                                          uncorrected=False)
-      fl['compiled_per_chip'] = meas['flops_xla'] / topo.n_chips
-      fl['compiled_ratio_6nd'] = meas['flops_xla'] / six_nd
-      fl['compiled_breakdown_per_chip'] = {k: v / topo.n_chips for k, v in meas['breakdown'].items()}
-      fl['method'] = meas['method']
-    except Exception as e:  # E.g. the 1-layer program itself over HBM: report, do not crash.
-      fl['compiled_error'] = str(e).splitlines()[0] if str(e) else type(e).__name__
-    timings['compile_flops_variants'] = time.perf_counter() - t1
+    fl['compiled_uncorrected_per_chip'] = cost._cost(compiled)['flops']
+  if not measure_flops:
+    return fl
+  t0 = time.perf_counter()
+  g = global_flops(config)
+  fl['global_per_chip'] = g['flops_xla'] / topo.n_chips
+  fl['global_ratio_6nd'] = g['flops_xla'] / six_nd
+  fl['global_model_ratio_6nd'] = g['flops_xla_model'] / six_nd
+  fl['global_method'] = g['method']
+  timings['lower_global_variants'] = time.perf_counter() - t0
+  t1 = time.perf_counter()
+  try:
+    meas = cost.measure_step_flops(config, mesh, stage='compiled', model_flops=False,
+                                   uncorrected=False)
+    fl['compiled_per_chip'] = meas['flops_xla'] / topo.n_chips
+    fl['compiled_ratio_6nd'] = meas['flops_xla'] / six_nd
+    fl['compiled_breakdown_per_chip'] = {k: v / topo.n_chips for k, v in meas['breakdown'].items()}
+    fl['method'] = meas['method']
+  except Exception as e:  # E.g. the 1-layer program itself over HBM: report, do not crash.
+    fl['compiled_error'] = str(e).splitlines()[0] if str(e) else type(e).__name__
+  timings['compile_flops_variants'] = time.perf_counter() - t1
+  return fl
 
-  model_flops_chip = counts.model_flops_per_token(m, d.seq_len) * tokens / topo.n_chips
+
+def _step_time(config, topo, mfu: float, fl: dict) -> dict:
+  """Predicted step time: PaLM model FLOPs per chip / (peak bf16 FLOP/s * MFU)."""
+  tokens = counts.tokens_per_step(config)
+  model_flops_chip = counts.model_flops_per_token(config.model, config.data.seq_len) * tokens / topo.n_chips
   peak = topo.chip.peak_flops
   step = {'mfu': mfu, 'peak_flops': peak, 'model_flops_per_chip': model_flops_chip,
           'at_mfu': model_flops_chip / (peak * mfu)}
   if 'compiled_per_chip' in fl:
     step['compiled_at_peak'] = fl['compiled_per_chip'] / peak  # Lower bound: every FLOP at peak.
-  return {
-      'topology': topo.name, 'slice': topo.slice_name, 'chip': topo.chip.name,
-      'n_chips': topo.n_chips, 'hbm_bytes': hbm, 'mesh': mesh_sizes,
-      'config': {'n_layers': m.n_layers, 'd_model': m.d_model, 'seq_len': d.seq_len,
-                 'global_batch_size': d.global_batch_size, 'remat': m.remat,
-                 'compute_dtype': m.compute_dtype},
-      'params': c.as_dict(''), 'tokens_per_step': tokens,
-      'fits': fits, 'verdict': verdict, 'compiler_message': oom,
-      'memory': mem, 'largest_buffers': largest, 'largest_arguments': state_rows[:top_k],
-      'flops': fl, 'step_time_s': step, 'timings_s': timings,
-  }
+  return step
 
 
 def fits(config, topology: Topology | str) -> tuple[bool, str]:
@@ -444,32 +463,23 @@ def format_report(r: dict) -> str:
 
 
 def main(argv):
-  from absl import flags
-  from train import cli
+  del argv
   F = flags.FLAGS
-  if len(argv) > 1:
-    raise AotError(f'unexpected arguments {argv[1:]}')
   r = check(F.config, F.topology, mfu=F.mfu, measure_flops=F.flops)
   cli.emit(r, format_report(r), F.json)
   sys.exit(0 if r['fits'] else 1)
 
 
 def _define_flags():
-  from absl import flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file('config', None, 'Config file (a get_config() module).',
-                                  lock_config=True)
+  cli.define_config_flag()
   flags.DEFINE_string('topology', None, 'TPU slice: GENERATION:GRID (v5e:4x4, v5p:2x2x2, v4:2x2x1, '
                       'v6e:4x4) or a slice name (v5e-16, v5p-16).')
   flags.DEFINE_float('mfu', 0.4, 'Model FLOPs utilisation for the predicted step time.')
   flags.DEFINE_bool('flops', True, 'Measure scan-corrected compiled FLOPs (two more compiles).')
-  flags.DEFINE_string('json', None, 'Bare --json: print the report as JSON instead of the table; '
-                      '--json=PATH: print the table and write the JSON to PATH.')
+  cli.define_json_flag()
   flags.mark_flags_as_required(['config', 'topology'])
 
 
 if __name__ == '__main__':
-  os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # The TPU is only described, never used.
-  from train import cli
   _define_flags()
-  cli.run(main)
+  cli.run_absl(main)

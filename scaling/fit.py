@@ -1,19 +1,14 @@
 """Scaling-law fits: Chinchilla's approaches 1, 2 and 3, with bootstrap intervals.
 
 Run as ``python -m scaling.fit (--csv F | --runs DIR) --out OUT``. Pure
-numpy/scipy (matplotlib and tensorboardX only for plots, in scaling/plot.py);
-it imports nothing from model/ or train/, so it fits anyone's data.
+numpy (matplotlib and tensorboardX only for plots, in scaling/plot.py); it
+imports nothing from model/ or train/, so it fits anyone's data. Inputs are
+`scaling.points.Points` (CSV or a sweep folder), the law's algebra is
+`scaling/law.py`, the optimizer `scaling/lbfgs.py`, fit.json and the tables
+`scaling/tables.py`.
 
 Units: N in parameters (which count: ``n_count``), D in tokens, C in FLOPs,
 loss in nats/token.
-
-Inputs
-  * CSV with columns ``params``, ``tokens``, ``loss`` (optional ``flops``; when
-    ``tokens`` is missing D = flops / (6 N)). Common aliases are understood
-    (Epoch's ``Model Size`` and ``Training FLOP``); ``--columns`` maps others.
-  * A sweep folder ``DIR/<run>/summary.json`` (+ optional ``curve.json``), as
-    written by the training loop; runs without summary.json are reported and
-    skipped.
 
 Which FLOP count C is
   * Approaches 1 and 2 use the input's own FLOP number (``flops`` column,
@@ -49,262 +44,23 @@ fit.json schema (every number is a float unless noted)::
 Intervals are 95% percentile-bootstrap intervals.
 """
 import argparse
-import csv
-import dataclasses
-import json
 import math
 import os
 import sys
 import time
 
 import numpy as np
-import scipy.optimize
+
+from scaling import tables
+from scaling.lbfgs import batched_lbfgs
+from scaling.law import frontier, law_from_params, predict_loss
+from scaling.points import N_COUNTS, drop_highest_loss, load_csv, load_runs, parse_columns
 
 HUBER_DELTA = 1e-3
-PARAM_NAMES = ("log_A", "log_B", "log_E", "alpha", "beta")  # optimizer order
-N_COUNTS = ("with_head", "non_embedding", "total")
-CSV_ALIASES = {
-  "params": ("params", "n", "model size", "model_size", "parameters", "n_params"),
-  "tokens": ("tokens", "d", "training tokens", "training_tokens", "n_tokens"),
-  "flops": ("flops", "c", "training flop", "training flops", "training_flops",
-            "compute", "flops_6nd"),
-  "loss": ("loss", "eval_loss", "final_loss"),
-}
 
 
 class FitError(ValueError):
   """An approach cannot be fitted to this input; the message says why."""
-
-
-@dataclasses.dataclass
-class Points:
-  """Final (N, D, loss) of each run, plus optional training curves.
-
-  N: parameters (count given by n_count); D: tokens; C: FLOPs used to group
-  budgets (input's own FLOP count, else 6ND); L: final loss in nats/token.
-  curves: per run a dict of arrays {"flops", "tokens", "loss"} or None;
-  curve_source says whether curves are eval loss or smoothed train loss.
-  """
-  names: list
-  N: np.ndarray
-  D: np.ndarray
-  C: np.ndarray
-  L: np.ndarray
-  source: str
-  n_count: str
-  curves: list = None
-  curve_source: str = None
-  excluded: list = dataclasses.field(default_factory=list)
-
-  def subset(self, keep):
-    """Points restricted to the boolean or index array keep."""
-    idx = np.arange(len(self.N))[keep]
-    curves = None if self.curves is None else [self.curves[i] for i in idx]
-    return dataclasses.replace(
-      self, names=[self.names[i] for i in idx], N=self.N[idx], D=self.D[idx],
-      C=self.C[idx], L=self.L[idx], curves=curves)
-
-
-# ----------------------------------------------------------------------------
-# Loading
-
-
-def _positive(value, what):
-  """value as a finite positive float, else ValueError naming what."""
-  try:
-    x = float(value)
-  except (TypeError, ValueError):
-    raise ValueError(f"{what}: not a number: {value!r}") from None
-  if not math.isfinite(x) or x <= 0:
-    raise ValueError(f"{what}: must be finite and positive, got {value!r}")
-  return x
-
-
-def parse_columns(spec):
-  """'params=Model Size,flops=Training FLOP' -> {'params': 'Model Size', ...}."""
-  mapping = {}
-  for item in (spec or "").split(","):
-    if not item.strip():
-      continue
-    if "=" not in item:
-      raise ValueError(f"--columns: expected name=header, got {item!r}")
-    key, header = (s.strip() for s in item.split("=", 1))
-    if key not in CSV_ALIASES:
-      raise ValueError(f"--columns: unknown name {key!r}; use {sorted(CSV_ALIASES)}")
-    mapping[key] = header
-  return mapping
-
-
-def _resolve_columns(header, path, columns, n_count):
-  """Map canonical names to CSV headers (explicit mapping, then aliases)."""
-  lower = {h.strip().lower(): h for h in header}
-  found = {}
-  for key, aliases in CSV_ALIASES.items():
-    if key in columns:
-      if columns[key] not in header:
-        raise ValueError(f"{path}: column {columns[key]!r} (for {key}) not in "
-                         f"header {header}")
-      found[key] = columns[key]
-      continue
-    if key == "params" and f"params_{n_count}" in lower:
-      found[key] = lower[f"params_{n_count}"]
-      continue
-    for alias in aliases:
-      if alias in lower:
-        found[key] = lower[alias]
-        break
-  for key in ("params", "loss"):
-    if key not in found:
-      raise ValueError(f"{path}: missing column {key!r} (header: {header}); "
-                       "map it with --columns")
-  if "tokens" not in found and "flops" not in found:
-    raise ValueError(f"{path}: missing column 'tokens' (and no 'flops' to derive "
-                     f"D = flops/(6N)); header: {header}")
-  return found
-
-
-def load_csv(path, columns=None, n_count="with_head"):
-  """Read a CSV of final points into Points.
-
-  columns: optional {canonical: header} for params/tokens/flops/loss.
-  When a column ``params_<n_count>`` exists it is N; else ``params`` is N as
-  given. Raises ValueError naming the file, row and column on bad values.
-  """
-  if not os.path.isfile(path):
-    raise ValueError(f"{path}: no such CSV file")
-  with open(path, newline="") as f:
-    reader = csv.DictReader(f)
-    header = reader.fieldnames or []
-    cols = _resolve_columns(header, path, columns or {}, n_count)
-    rows = list(reader)
-  if not rows:
-    raise ValueError(f"{path}: no data rows")
-  vals = {k: [] for k in cols}
-  for i, row in enumerate(rows, start=2):
-    for key, col in cols.items():
-      vals[key].append(_positive(row.get(col), f"{path} row {i} column {col!r}"))
-  N = np.array(vals["params"])
-  L = np.array(vals["loss"])
-  D = np.array(vals["tokens"]) if "tokens" in vals else np.array(vals["flops"]) / (6 * N)
-  C = np.array(vals["flops"]) if "flops" in vals else 6 * N * D
-  names = [f"row{i}" for i in range(2, len(rows) + 2)]
-  return Points(names, N, D, C, L, source=f"csv:{path}", n_count=n_count)
-
-
-def _smooth(x, window=9):
-  """Centred moving median of x (train-loss curves are noisy)."""
-  half = window // 2
-  return np.array([np.median(x[max(0, i - half):i + half + 1]) for i in range(len(x))])
-
-
-def _curve_rows(rows, key):
-  """Rows of a curve with a finite positive value under key and tokens > 0."""
-  out = []
-  for r in rows:
-    v = r.get(key)
-    if v is not None and np.isfinite(v) and v > 0 and (r.get("tokens") or 0) > 0:
-      out.append(r)
-  return out
-
-
-def _load_curve(path, N):
-  """curve.json -> ({"flops", "tokens", "loss"}, source) or (None, None).
-
-  Eval loss where at least 2 rows have it, else train loss smoothed by a
-  moving median. FLOPs are the rows' own 'flops' (6·N_with_head·tokens), else
-  6·N·tokens.
-  """
-  if not os.path.isfile(path):
-    return None, None
-  try:
-    with open(path) as f:
-      rows = json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from None
-  if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-    raise ValueError(f"{path}: expected a JSON list of row objects")
-  rows_eval = _curve_rows(rows, "eval_loss")
-  if len(rows_eval) >= 2:
-    use, key, source = rows_eval, "eval_loss", "eval_loss"
-  else:
-    use, key, source = _curve_rows(rows, "train_loss"), "train_loss", "train_loss_smoothed"
-    if len(use) < 2:
-      return None, None
-  use = sorted(use, key=lambda r: r["tokens"])
-  tokens = np.array([r["tokens"] for r in use], float)
-  loss = np.array([r[key] for r in use], float)
-  if key == "train_loss":
-    loss = _smooth(loss)
-  flops = np.array([r.get("flops") or 6.0 * N * r["tokens"] for r in use], float)
-  return {"flops": flops, "tokens": tokens, "loss": loss}, source
-
-
-def load_runs(root, n_count="with_head", warn=print):
-  """Read a sweep folder DIR/<run>/summary.json (+ curve.json) into Points.
-
-  N is summary['params_<n_count>'], D = summary['tokens'], loss =
-  summary['eval_loss'], C = summary['flops_6nd'] when present else 6ND.
-  Runs without summary.json or with a non-finite loss are listed in
-  Points.excluded (and passed to warn), never used silently.
-  """
-  if n_count not in N_COUNTS:
-    raise ValueError(f"n_count must be one of {N_COUNTS}, got {n_count!r}")
-  if not os.path.isdir(root):
-    raise ValueError(f"{root}: no such sweep folder")
-  names, Ns, Ds, Cs, Ls, curves, sources, excluded = [], [], [], [], [], [], set(), []
-  for name in sorted(os.listdir(root)):
-    run = os.path.join(root, name)
-    if not os.path.isdir(run):
-      continue
-    spath = os.path.join(run, "summary.json")
-    if not os.path.isfile(spath):
-      excluded.append([name, "no summary.json (unfinished run?)"])
-      continue
-    try:
-      with open(spath) as f:
-        s = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{spath}: not valid JSON ({e})") from None
-    if "eval_loss" not in s:
-      raise ValueError(f"{spath}: missing key 'eval_loss'")
-    loss = s["eval_loss"]
-    if not isinstance(loss, (int, float)) or not np.isfinite(loss) or loss <= 0:
-      excluded.append([name, f"eval_loss is {loss!r} (diverged?)"])
-      continue
-    key = f"params_{n_count}"
-    for k in (key, "tokens"):
-      if k not in s:
-        raise ValueError(f"{spath}: missing key {k!r}")
-    N = _positive(s[key], f"{spath} key {key!r}")
-    D = _positive(s["tokens"], f"{spath} key 'tokens'")
-    C = _positive(s["flops_6nd"], f"{spath} key 'flops_6nd'") if "flops_6nd" in s else 6 * N * D
-    curve, src = _load_curve(os.path.join(run, "curve.json"), N)
-    names.append(name); Ns.append(N); Ds.append(D); Cs.append(C); Ls.append(float(loss))
-    curves.append(curve)
-    if src:
-      sources.add(src)
-  for name, reason in excluded:
-    warn(f"warning: run {name!r} skipped: {reason}")
-  if not names:
-    raise ValueError(f"{root}: no finished runs (no */summary.json with a finite eval_loss)")
-  pts = Points(names, np.array(Ns), np.array(Ds), np.array(Cs), np.array(Ls),
-               source=f"runs:{root}", n_count=n_count, curves=curves,
-               curve_source="+".join(sorted(sources)) or None, excluded=excluded)
-  return pts
-
-
-def drop_highest_loss(points, k):
-  """Points without the k highest-loss points (Epoch drop 5 of 245)."""
-  if k <= 0:
-    return points
-  if k >= len(points.L):
-    raise ValueError(f"--drop-highest-loss {k} leaves no points (have {len(points.L)})")
-  keep = np.ones(len(points.L), bool)
-  keep[np.argsort(points.L)[-k:]] = False
-  dropped = [[points.names[i], "dropped: among the highest losses"] for i in np.where(~keep)[0]]
-  out = points.subset(keep)
-  out.excluded = list(points.excluded) + dropped
-  return out
 
 
 # ----------------------------------------------------------------------------
@@ -351,95 +107,6 @@ def _objective(x_P5, logN_n, logD_n, logL_n, w_Pn, delta, grad=True):
   return f_P, g_P5
 
 
-def _two_loop(g_P5, S_Pm5, Y_Pm5, rho_Pm):
-  """L-BFGS two-loop recursion, batched; history ordered oldest -> newest."""
-  m = S_Pm5.shape[1]
-  q = g_P5.copy()
-  alpha_Pm = np.zeros_like(rho_Pm)
-  for i in reversed(range(m)):
-    alpha_Pm[:, i] = rho_Pm[:, i] * np.sum(S_Pm5[:, i] * q, axis=1)
-    q -= alpha_Pm[:, i, None] * Y_Pm5[:, i]
-  yy = np.sum(Y_Pm5[:, -1] ** 2, axis=1)
-  sy = np.sum(S_Pm5[:, -1] * Y_Pm5[:, -1], axis=1)
-  gamma = np.where(rho_Pm[:, -1] > 0, sy / np.where(yy > 0, yy, 1.0), 1.0)
-  r = gamma[:, None] * q
-  for i in range(m):
-    beta = rho_Pm[:, i] * np.sum(Y_Pm5[:, i] * r, axis=1)
-    r += S_Pm5[:, i] * (alpha_Pm[:, i] - beta)[:, None]
-  return r
-
-
-def batched_lbfgs(fun, x0_P5, max_iter=1000, memory=10, ftol=2.220446049250313e-09,
-                  gtol=1e-5, max_ls=30):
-  """Minimise P independent problems at once with L-BFGS (numpy, no loop over P).
-
-  fun(x_K5, rows_K, grad) -> f_K (, g_K5) evaluates the problems listed in
-  rows. Stopping rules follow scipy's L-BFGS-B defaults: relative decrease
-  (f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, 1) <= ftol, or max |grad| <= gtol.
-  Armijo backtracking line search; problems leave the batch as they stop.
-
-  Returns (x_P5, f_P, status_P, n_iter_P); status 0 converged (ftol/gtol),
-  2 stopped because no step decreased f (a kink or round-off floor: also a
-  local optimum for this piecewise objective), 1 hit max_iter, 3 non-finite.
-  """
-  P, k = x0_P5.shape
-  x = np.array(x0_P5, float)
-  rows = np.arange(P)
-  f, g = fun(x, rows, True)
-  S = np.zeros((P, memory, k)); Y = np.zeros((P, memory, k)); rho = np.zeros((P, memory))
-  status = np.full(P, -1)
-  status[~np.isfinite(f) | ~np.all(np.isfinite(g), 1)] = 3
-  status[(status < 0) & (np.max(np.abs(g), 1) <= gtol)] = 0
-  n_iter = np.zeros(P, int)
-  for _ in range(max_iter):
-    act = np.where(status < 0)[0]
-    if act.size == 0:
-      break
-    xa, fa, ga = x[act], f[act], g[act]
-    d = -_two_loop(ga, S[act], Y[act], rho[act])
-    gd = np.sum(ga * d, 1)
-    reset = ~(gd < 0) | ~np.isfinite(gd)
-    if reset.any():
-      d[reset] = -ga[reset]
-      gd[reset] = -np.sum(ga[reset] ** 2, 1)
-      S[act[reset]] = 0; Y[act[reset]] = 0; rho[act[reset]] = 0
-    fresh = rho[act, -1] == 0  # no history: scipy's first step min(1, 1/|d|)
-    t = np.where(fresh, np.minimum(1.0, 1.0 / np.linalg.norm(d, axis=1)), 1.0)
-    todo = np.arange(act.size)
-    ok_all = np.zeros(act.size, bool)
-    for _ls in range(max_ls):
-      xt = xa[todo] + t[todo, None] * d[todo]
-      ft = fun(xt, act[todo], False)
-      ok = np.isfinite(ft) & (ft <= fa[todo] + 1e-4 * t[todo] * gd[todo])
-      ok_all[todo[ok]] = True
-      todo = todo[~ok]
-      if todo.size == 0:
-        break
-      t[todo] *= 0.5
-    status[act[~ok_all]] = 2
-    acc = np.where(ok_all)[0]
-    if acc.size == 0:
-      continue
-    ia = act[acc]
-    xn = xa[acc] + t[acc, None] * d[acc]
-    fn, gn = fun(xn, ia, True)
-    s, y = xn - xa[acc], gn - ga[acc]
-    sy = np.sum(s * y, 1)
-    upd = sy > 1e-10 * np.linalg.norm(s, axis=1) * np.linalg.norm(y, axis=1)
-    iu = ia[upd]
-    S[iu] = np.roll(S[iu], -1, axis=1); S[iu, -1] = s[upd]
-    Y[iu] = np.roll(Y[iu], -1, axis=1); Y[iu, -1] = y[upd]
-    rho[iu] = np.roll(rho[iu], -1, axis=1); rho[iu, -1] = 1.0 / sy[upd]
-    n_iter[ia] += 1
-    rel = (fa[acc] - fn) / np.maximum(np.maximum(np.abs(fa[acc]), np.abs(fn)), 1.0)
-    done = (rel <= ftol) | (np.max(np.abs(gn), 1) <= gtol)
-    x[ia], f[ia], g[ia] = xn, fn, gn
-    status[ia[done]] = 0
-    status[ia[~np.isfinite(fn)]] = 3
-  status[status < 0] = 1
-  return x, f, status, n_iter
-
-
 def _logs(N, D, L):
   """Validated logs of N, D, L (ValueError on NaN or non-positive values)."""
   out = []
@@ -484,61 +151,6 @@ def _multi_start(logN, logD, logL, W_Pn, starts_P5, delta, reduce, max_iter,
   return batched_lbfgs(fun, starts_P5, max_iter=max_iter, ftol=ftol)
 
 
-def _scipy_polish(x0, logN, logD, logL, w_n, delta, reduce, options=None):
-  """One scipy L-BFGS-B run from x0 (default options: the slow reference)."""
-  scale = 1.0 / len(logN) if reduce == "mean" else 1.0
-  w = (np.asarray(w_n, float) * scale)[None]
-
-  def fg(x):
-    f, g = _objective(x[None], logN, logD, logL, w, delta, True)
-    return f[0], g[0]
-
-  res = scipy.optimize.minimize(fg, x0, jac=True, method="L-BFGS-B", options=options)
-  return res.x, float(res.fun), res
-
-
-def _exp(x: float) -> float:
-  """math.exp that gives inf instead of raising OverflowError (a diverged fit's log A)."""
-  return math.exp(x) if x < 709.0 else math.inf
-
-
-def law_from_params(x5):
-  """Dict of the law from (log_A, log_B, log_E, alpha, beta), with frontier."""
-  la, lb, le, al, be = (float(v) for v in x5)
-  law = {"E": _exp(le), "A": _exp(la), "B": _exp(lb), "alpha": al,
-         "beta": be, "log_E": le, "log_A": la, "log_B": lb}
-  law.update(frontier_constants(law))
-  return law
-
-
-def frontier_constants(law):
-  """G, a, b of the efficient frontier N_opt = G (C/6)^a, D_opt = (C/6)^b / G.
-
-  G is computed from log A and log B, so a law whose A or B overflows a float
-  still has a finite frontier when the ratio is finite.
-  """
-  al, be = law["alpha"], law["beta"]
-  if al <= 0 or be <= 0:
-    return {"G": float("nan"), "a": float("nan"), "b": float("nan")}
-  la = law.get("log_A", math.log(law["A"]) if law["A"] > 0 else -math.inf)
-  lb = law.get("log_B", math.log(law["B"]) if law["B"] > 0 else -math.inf)
-  G = _exp((math.log(al) + la - math.log(be) - lb) / (al + be))
-  return {"G": G, "a": be / (al + be), "b": al / (al + be)}
-
-
-def frontier(law, C):
-  """(N_opt, D_opt) in parameters and tokens at FLOPs C (C = 6 N D)."""
-  k = frontier_constants(law)
-  C = np.asarray(C, float)
-  return k["G"] * (C / 6) ** k["a"], (C / 6) ** k["b"] / k["G"]
-
-
-def predict_loss(law, N, D):
-  """L(N, D) = E + A/N^alpha + B/D^beta in nats/token."""
-  return law["E"] + law["A"] / np.asarray(N, float) ** law["alpha"] \
-    + law["B"] / np.asarray(D, float) ** law["beta"]
-
-
 def fit_approach3(N, D, L, starts=None, delta=HUBER_DELTA, reduce="sum",
                   max_iter=1000, polish=True, return_all=False):
   """Chinchilla's approach-3 fit, vectorized over all starts.
@@ -578,23 +190,6 @@ def fit_approach3(N, D, L, starts=None, delta=HUBER_DELTA, reduce="sum",
   if return_all:
     order = np.argsort(f_ok)
     law["_optima"] = x[order[np.isfinite(f_ok[order])]]
-  return law
-
-
-def fit_approach3_slow(N, D, L, starts=None, delta=HUBER_DELTA, reduce="sum"):
-  """Reference: a plain scipy L-BFGS-B loop over the starts; best result.
-
-  Slow (minutes for the full grid); used to check fit_approach3.
-  """
-  logN, logD, logL = _logs(N, D, L)
-  starts = chinchilla_grid() if starts is None else np.atleast_2d(starts)
-  best = (None, np.inf)
-  for x0 in starts:
-    x, f, _ = _scipy_polish(x0, logN, logD, logL, np.ones(len(logN)), delta, reduce)
-    if np.isfinite(f) and f < best[1]:
-      best = (x, f)
-  law = law_from_params(best[0])
-  law.update({"objective": best[1], "x": best[0].tolist()})
   return law
 
 
@@ -932,118 +527,6 @@ def predict(result, C):
   return out
 
 
-def load_law(path):
-  """The approach-3 law from a fit.json (file or folder holding it).
-
-  Returns a dict with E, A, B, alpha, beta, G, a, b (and ci when present);
-  use frontier(law, C) and predict_loss(law, N, D). Raises ValueError when
-  the file has no approach-3 fit, quoting the reason it was skipped.
-  """
-  if os.path.isdir(path):
-    path = os.path.join(path, "fit.json")
-  with open(path) as f:
-    data = json.load(f)
-  if "approach3" not in data:
-    reason = data.get("skipped", {}).get("approach3", "not present")
-    raise ValueError(f"{path}: no approach-3 fit ({reason})")
-  law = dict(data["approach3"])
-  for k in ("E", "A", "B", "alpha", "beta"):
-    if k not in law:
-      raise ValueError(f"{path}: approach3 lacks {k!r}")
-  law.update(frontier_constants(law))
-  return law
-
-
-def _public(obj):
-  """obj without '_'-prefixed keys, numpy converted, for json.dump."""
-  if isinstance(obj, dict):
-    return {k: _public(v) for k, v in obj.items() if not str(k).startswith("_")}
-  if isinstance(obj, (list, tuple)):
-    return [_public(v) for v in obj]
-  if isinstance(obj, np.ndarray):
-    return obj.tolist()
-  if isinstance(obj, np.generic):
-    return obj.item()
-  if isinstance(obj, float) and not math.isfinite(obj):
-    return None
-  return obj
-
-
-def write_json(result, out_dir):
-  """Write OUT/fit.json; returns its path."""
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, "fit.json")
-  with open(path, "w") as f:
-    json.dump(_public(result), f, indent=2)
-  return path
-
-
-def _fmt_ci(ci, fmt="{:.3g}"):
-  return "" if not ci else "[" + fmt.format(ci[0]) + ", " + fmt.format(ci[1]) + "]"
-
-
-def format_table(result):
-  """Console summary of every approach (plain text)."""
-  lines = [f"input: {result['input']['source']}  N = params ({result['input']['n_count']})"
-           f"  points: {result['input']['n_points']}"
-           f"  excluded: {len(result['input']['excluded'])}"]
-  lines.append(f"{'approach':<10} {'a (N_opt~C^a)':>14} {'95% CI':>18} "
-               f"{'b (D_opt~C^b)':>14} {'95% CI':>18}")
-  for name in ("approach1", "approach2", "approach3"):
-    r = result.get(name)
-    if r is None:
-      lines.append(f"{name:<10} skipped: {result['skipped'].get(name, '')}")
-      continue
-    ci = r.get("ci") or {}
-    lines.append(f"{name:<10} {r['a']:>14.3f} {_fmt_ci(ci.get('a')):>18} "
-                 f"{r['b']:>14.3f} {_fmt_ci(ci.get('b')):>18}")
-  r = result.get("approach3")
-  if r:
-    ci = r.get("ci") or {}
-    lines.append("")
-    lines.append(f"approach 3: L(N, D) = E + A/N^alpha + B/D^beta   (sum-Huber "
-                 f"objective {r['objective']:.5g}, {r['n_points']} points, "
-                 f"{r['n_converged']}/{r['n_starts']} starts converged)")
-    for k, fmt in (("E", "{:.4f}"), ("A", "{:.1f}"), ("B", "{:.1f}"), ("alpha", "{:.4f}"),
-                   ("beta", "{:.4f}"), ("G", "{:.4g}")):
-      lines.append(f"  {k:<6} {fmt.format(r[k]):>10}  {_fmt_ci(ci.get(k), fmt)}")
-    at = r["at_flops"]
-    lines.append(f"  at C = {r['ci_flops']:.3g}: N_opt {at['N_opt']:.3g} "
-                 f"{_fmt_ci(ci.get('N_opt'))}, D_opt {at['D_opt']:.3g} "
-                 f"{_fmt_ci(ci.get('D_opt'))}, tokens/param {at['tokens_per_param']:.1f} "
-                 f"{_fmt_ci(ci.get('tokens_per_param'), '{:.1f}')}")
-  r = result.get("approach2")
-  if r:
-    lines.append("")
-    lines.append("approach 2 budgets: " + ", ".join(
-      f"C={b['flops']:.2g}: N_opt {b['N_opt']:.3g} {_fmt_ci(b['ci_N_opt'])}"
-      for b in r["budgets"]))
-    dropped = r["dropped_budgets"]
-    for d in dropped[:6]:
-      lines.append(f"  dropped C={d['flops']:.3g} ({d['n_points']} pts): {d['reason']}")
-    if len(dropped) > 6:
-      lines.append(f"  ... {len(dropped) - 6} more dropped budgets (see fit.json)")
-  return "\n".join(lines)
-
-
-def format_prediction(pred):
-  """Console lines for predict()."""
-  lines = [f"prediction at C = {pred['flops']:.3g} FLOPs:"]
-  for name in ("approach1", "approach2", "approach3"):
-    row = pred.get(name)
-    if not row:
-      continue
-    ci = row.get("ci") or {}
-    s = (f"  {name}: N_opt {row['N_opt']:.4g} {_fmt_ci(ci.get('N_opt'))}, "
-         f"D_opt {row['D_opt']:.4g} {_fmt_ci(ci.get('D_opt'))}, "
-         f"tokens/param {row['tokens_per_param']:.1f} "
-         f"{_fmt_ci(ci.get('tokens_per_param'), '{:.1f}')}")
-    if "loss" in row:
-      s += f", loss {row['loss']:.4f} {_fmt_ci(ci.get('loss'), '{:.4f}')}"
-    lines.append(s)
-  return "\n".join(lines)
-
-
 def _parser():
   p = argparse.ArgumentParser(prog="python -m scaling.fit", description=__doc__.split("\n")[0])
   src = p.add_mutually_exclusive_group(required=True)
@@ -1086,13 +569,13 @@ def main(argv=None):
     return 2
   if args.predict_flops:
     result["prediction"] = predict(result, args.predict_flops)
-  path = write_json(result, args.out)
+  path = tables.write_json(result, args.out)
   t_fit = time.perf_counter() - t0
-  print(format_table(result))
+  print(tables.format_table(result))
   if args.predict_flops:
-    print(format_prediction(result["prediction"]))
+    print(tables.format_prediction(result["prediction"]))
   if not args.no_plots:
-    from scaling import plot  # matplotlib only when plotting
+    from scaling import plot  # Local: matplotlib, only when plotting.
     files = plot.write_all(points, result, args.out)
     print(f"plots: {', '.join(os.path.basename(f) for f in files)}; "
           f"TensorBoard: tensorboard --logdir {args.out}")

@@ -23,128 +23,22 @@ Laws (compute-optimal N_opt, D_opt for a budget C):
 """
 
 import argparse
-import dataclasses
-import json
 import math
-import os
 import sys
 
-from scaling import fit
+from configs import cli
+from configs import hardware
+from configs.load import load_config_file
 from scaling import memory
-from train import hardware
+from scaling.law import FIT_KEYS, FLOPS_PER_PARAM_TOKEN, LAWS, Law, get_law
 
 SECONDS_PER_DAY = 86_400.0
 SECONDS_PER_YEAR = 365.25 * SECONDS_PER_DAY
-FLOPS_PER_PARAM_TOKEN = 6.0  # C = 6 N D.
 CONSISTENCY_RTOL = 0.05  # N, D, C all given: 6 N D may differ from C by this fraction (rounded inputs).
 DEFAULT_MFU = 0.4  # Assumed when a peak is known but neither --mfu nor a sustained rate is given.
 
 
-# ---------------------------------------------------------------------------- laws
-
-
-@dataclasses.dataclass(frozen=True)
-class Law:
-  """A compute-optimal allocation rule.
-
-  Either a loss law L(N, D) = E + A/N^alpha + B/D^beta (A, B, E in natural
-  units) whose efficient frontier gives N_opt(C), or a fixed ratio D = r N.
-  """
-  name: str
-  E: float | None = None
-  A: float | None = None
-  B: float | None = None
-  alpha: float | None = None
-  beta: float | None = None
-  tokens_per_param: float | None = None  # Set for a fixed-ratio law (e.g. 20x).
-  source: str = ''
-
-  @property
-  def is_loss_law(self) -> bool:
-    return self.tokens_per_param is None
-
-  def frontier(self) -> tuple[float, float, float]:
-    """(G, a, b) of the efficient frontier N_opt = G (C/6)^a, D_opt = G^-1 (C/6)^b."""
-    if not self.is_loss_law:
-      raise ValueError(f'law {self.name!r} is a fixed ratio, it has no loss frontier')
-    k = fit.frontier_constants(dict(A=self.A, B=self.B, alpha=self.alpha, beta=self.beta))
-    return k['G'], k['a'], k['b']
-
-  def optimum(self, flops: float) -> tuple[float, float]:
-    """(N_opt parameters, D_opt tokens) for a total training budget of `flops` FLOPs."""
-    _positive('--flops', flops)
-    if not self.is_loss_law:
-      n = math.sqrt(flops / (FLOPS_PER_PARAM_TOKEN * self.tokens_per_param))
-      return n, self.tokens_per_param * n
-    g, a, b = self.frontier()
-    c6 = flops / FLOPS_PER_PARAM_TOKEN
-    return g * c6**a, c6**b / g
-
-  def tokens_for_params(self, n_params: float) -> float:
-    """Compute-optimal tokens D for a model of `n_params` parameters (inverse frontier)."""
-    if not self.is_loss_law:
-      return self.tokens_per_param * n_params
-    g, a, _ = self.frontier()
-    return (n_params / g) ** (1.0 / a) / n_params  # C/6 = (N/G)^(1/a); D = (C/6)/N.
-
-  def params_for_tokens(self, n_tokens: float) -> float:
-    """Compute-optimal parameters N for a run of `n_tokens` tokens (inverse frontier)."""
-    if not self.is_loss_law:
-      return n_tokens / self.tokens_per_param
-    g, _, b = self.frontier()
-    return (n_tokens * g) ** (1.0 / b) / n_tokens  # C/6 = (D G)^(1/b); N = (C/6)/D.
-
-  def loss(self, n_params: float, n_tokens: float) -> float | None:
-    """Predicted final loss L(N, D) (nats per token), or None for a fixed-ratio law."""
-    if not self.is_loss_law:
-      return None
-    return self.E + self.A / n_params**self.alpha + self.B / n_tokens**self.beta
-
-
-CHINCHILLA = Law('chinchilla', E=math.exp(0.5267228), A=math.exp(6.0073404), B=math.exp(6.0179186),
-                 alpha=0.33917084, beta=0.2849083,
-                 source='Hoffmann et al. 2022 eq. 10, unrounded (ln A 6.0073404, ln B 6.0179186, ln E 0.5267228)')
-EPOCH = Law('epoch', E=1.8172, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658,
-            source='Besiroglu et al. 2024, maximum-likelihood fit')
-TWENTY_X = Law('20x', tokens_per_param=20.0, source='20 tokens per parameter (Chinchilla rule of thumb)')
-LAWS = {law.name: law for law in (CHINCHILLA, EPOCH, TWENTY_X)}
-FIT_KEYS = ('E', 'A', 'B', 'alpha', 'beta')
-
-
-def law_from_fit(path: str) -> Law:
-  """The approach-3 law of a scaling.fit `fit.json` (needs approach3: E, A, B, alpha, beta)."""
-  if not os.path.isfile(path):
-    raise ValueError(f'--law {path!r}: not a known law ({", ".join(LAWS)}) and no such file')
-  try:
-    with open(path) as f:
-      data = json.load(f)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f'--law {path!r} is not a fit: cannot read it as JSON ({e})') from None
-  block = data.get('approach3') if isinstance(data, dict) else None
-  if not isinstance(block, dict):
-    found = ', '.join(map(str, data)) if isinstance(data, dict) else type(data).__name__
-    raise ValueError(f'--law {path!r} is not a fit: no "approach3" block with keys '
-                     f'{", ".join(FIT_KEYS)} (found: {found or "nothing"})')
-  missing = [k for k in FIT_KEYS if k not in block]
-  if missing:
-    raise ValueError(f'--law {path!r} is not a fit: "approach3" lacks {", ".join(missing)}')
-  values = {}
-  for k in FIT_KEYS:
-    v = block[k]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-      raise ValueError(f'--law {path!r}: approach3.{k} must be a positive number, got {v!r}')
-    values[k] = float(v)
-  return Law(f'fit:{path}', source=f'approach3 of {path}', **values)
-
-
-def get_law(spec: 'str | Law') -> Law:
-  """A Law from a name ('chinchilla', 'epoch', '20x'), a fit.json path, or a Law itself."""
-  if isinstance(spec, Law):
-    return spec
-  key = spec.strip().lower()
-  if key in LAWS:
-    return LAWS[key]
-  return law_from_fit(spec)
+# ---------------------------------------------------------------------------- sweeps
 
 
 def isoflop_plan(flops: float, law: 'str | Law', n_sizes: int = 5, span: float = 4.0) -> dict:
@@ -241,8 +135,7 @@ SHAPE_FLAGS = ('n_layers', 'd_model', 'n_heads', 'n_kv_heads', 'd_ff', 'vocab_si
 
 def load_config(path: str):
   """The ConfigDict of an ml_collections config file (calls its get_config())."""
-  from train import cli
-  cfg = cli.load_config_file(path, '--config')
+  cfg = load_config_file(path, '--config')
   if 'model' not in cfg:
     raise ValueError(f'--config {path!r}: has no "model" block')
   return cfg
@@ -307,10 +200,32 @@ def make_plan(params=None, tokens=None, flops=None, law=None, hardware_name=None
   if mfu is not None and sustained_flops_per_sec is not None:
     raise ValueError('give --mfu or --sustained-flops-per-sec, not both')
   notes = []
+  plan = {'compute': _compute_section(params, tokens, flops, law, shape, shape_source, notes)}
+  n, d, c = (plan['compute'][k]['value'] for k in ('params', 'tokens', 'flops'))
+  if law is not None:
+    plan['law'] = _law_section(law, n, d, c)
+  plan['hardware'], sustained, device_bytes = _hardware_section(
+      hardware_name, flops_per_sec, mfu, sustained_flops_per_sec, devices, device_memory_gb)
+  plan.update(_time_and_cost_sections(c, sustained, devices, price_per_device_hour, notes))
+  if shape is not None:
+    plan['shape'] = _shape_section(shape, shape_source)
+  if shape is None:
+    notes.append('LoRA, QLoRA and KV-cache rows need a model shape: --config FILE or --n-layers '
+                 '--d-model --n-heads [--n-kv-heads] --d-ff')
+  elif context is None:
+    notes.append('KV-cache rows need --context (or a --config with data.seq_len)')
+  plan['memory'] = memory.memory_stages(
+      n, devices, device_bytes, shape=shape, lora_rank=lora_rank, lora_targets=tuple(lora_targets),
+      context=context, batch=batch, kv_bytes_per_element=kv_bytes)
+  notes.append('memory: parameters and optimizer state only (plus the KV cache where named); '
+               'activations, workspace and fragmentation are extra')
+  plan['notes'] = notes
+  return plan
 
-  shape_n = None
-  if shape is not None and shape.vocab_size is not None:
-    shape_n = memory.shape_param_count(shape)
+
+def _compute_section(params, tokens, flops, law, shape, shape_source, notes) -> dict:
+  """N, D, C and D/N: two given (or one and a law), or N counted from the shape."""
+  shape_n = memory.shape_param_count(shape) if shape is not None and shape.vocab_size is not None else None
   n_given = sum(v is not None for v in (params, tokens, flops))
   n_from_shape = (params is None and shape_n is not None and n_given < 2
                   and not (flops is not None and law is not None))
@@ -318,37 +233,43 @@ def make_plan(params=None, tokens=None, flops=None, law=None, hardware_name=None
   if n_from_shape:
     budget['how']['params'] = f'counted from the model shape ({shape_source or "flags"})'
   n, d, c = budget['params'], budget['tokens'], budget['flops']
-  plan = {'compute': {
+  if shape_n is not None and not n_from_shape and abs(shape_n - n) > 0.1 * n:
+    notes.append(f'the model shape has {shape_n:.4g} parameters but N = {n:.4g}; the memory rows use N, '
+                 'LoRA/KV use the shape')
+  return {
       'params': _row('N, parameters', n, '', budget['how']['params']),
       'tokens': _row('D, training tokens', d, '', budget['how']['tokens']),
       'flops': _row('C, training FLOPs (total)', c, 'FLOP', budget['how']['flops']),
       'tokens_per_param': _row('D / N', d / n, 'tokens/param', 'D / N'),
-  }}
-  if shape_n is not None and not n_from_shape and abs(shape_n - n) > 0.1 * n:
-    notes.append(f'the model shape has {shape_n:.4g} parameters but N = {n:.4g}; the memory rows use N, '
-                 'LoRA/KV use the shape')
+  }
 
-  if law is not None:
-    n_opt, d_opt = law.optimum(c)
-    sec = {'name': _row('law', law.name, '', law.source)}
-    if law.is_loss_law:
-      g, a, b = law.frontier()
-      for key in FIT_KEYS:
-        sec[key] = _row(key, getattr(law, key))
-      sec['G'] = _row('G', g, '', '(alpha A / (beta B))^(1/(alpha+beta))')
-      sec['a'] = _row('a (N_opt ~ C^a)', a, '', 'beta / (alpha+beta)')
-      sec['b'] = _row('b (D_opt ~ C^b)', b, '', 'alpha / (alpha+beta)')
-      how_opt = 'G (C/6)^a', 'G^-1 (C/6)^b'
-    else:
-      how_opt = f'sqrt(C / (6*{law.tokens_per_param:g}))', f'{law.tokens_per_param:g} N_opt'
-    sec['n_opt'] = _row('N_opt at this C', n_opt, '', how_opt[0])
-    sec['d_opt'] = _row('D_opt at this C', d_opt, '', how_opt[1])
-    if law.is_loss_law:
-      sec['loss_plan'] = _row('predicted loss L(N, D)', law.loss(n, d), 'nats/token', 'E + A/N^alpha + B/D^beta')
-      sec['loss_opt'] = _row('predicted loss L(N_opt, D_opt)', law.loss(n_opt, d_opt), 'nats/token',
-                             'E + A/N^alpha + B/D^beta')
-    plan['law'] = sec
 
+def _law_section(law: Law, n: float, d: float, c: float) -> dict:
+  """The law's parameters, its N_opt and D_opt at C, and (loss laws) the predicted losses."""
+  n_opt, d_opt = law.optimum(c)
+  sec = {'name': _row('law', law.name, '', law.source)}
+  if law.is_loss_law:
+    g, a, b = law.frontier()
+    for key in FIT_KEYS:
+      sec[key] = _row(key, getattr(law, key))
+    sec['G'] = _row('G', g, '', '(alpha A / (beta B))^(1/(alpha+beta))')
+    sec['a'] = _row('a (N_opt ~ C^a)', a, '', 'beta / (alpha+beta)')
+    sec['b'] = _row('b (D_opt ~ C^b)', b, '', 'alpha / (alpha+beta)')
+    how_opt = 'G (C/6)^a', 'G^-1 (C/6)^b'
+  else:
+    how_opt = f'sqrt(C / (6*{law.tokens_per_param:g}))', f'{law.tokens_per_param:g} N_opt'
+  sec['n_opt'] = _row('N_opt at this C', n_opt, '', how_opt[0])
+  sec['d_opt'] = _row('D_opt at this C', d_opt, '', how_opt[1])
+  if law.is_loss_law:
+    sec['loss_plan'] = _row('predicted loss L(N, D)', law.loss(n, d), 'nats/token', 'E + A/N^alpha + B/D^beta')
+    sec['loss_opt'] = _row('predicted loss L(N_opt, D_opt)', law.loss(n_opt, d_opt), 'nats/token',
+                           'E + A/N^alpha + B/D^beta')
+  return sec
+
+
+def _hardware_section(hardware_name, flops_per_sec, mfu, sustained_flops_per_sec, devices,
+                      device_memory_gb) -> tuple[dict, float | None, float | None]:
+  """(rows, sustained FLOP/s per device or None, memory per device or None)."""
   try:
     chip = hardware.chip(hardware_name) if hardware_name else None
   except ValueError as e:
@@ -357,10 +278,10 @@ def make_plan(params=None, tokens=None, flops=None, law=None, hardware_name=None
   if flops_per_sec is not None:
     peak, peak_how = flops_per_sec, 'given (--flops-per-sec)'
   elif chip is not None:
-    peak, peak_how = chip.peak_flops, f'dense bf16 peak of {chip.name} (train/hardware.py)'
+    peak, peak_how = chip.peak_flops, f'dense bf16 peak of {chip.name} (configs/hardware.py)'
   hw = {}
   if chip is not None:
-    hw['hardware'] = _row('hardware', chip.name, '', 'train/hardware.py')
+    hw['hardware'] = _row('hardware', chip.name, '', 'configs/hardware.py')
   if peak is not None:
     hw['peak'] = _row('peak FLOP/s per device', peak, 'FLOP/s', peak_how)
   sustained = None
@@ -386,9 +307,13 @@ def make_plan(params=None, tokens=None, flops=None, law=None, hardware_name=None
     hw['device_memory'] = _row('memory per device', device_bytes, 'B', 'given (--device-memory-gb)')
   elif chip is not None:
     device_bytes = chip.hbm_bytes
-    hw['device_memory'] = _row('memory per device', device_bytes, 'B', f'{chip.name} (train/hardware.py)')
-  plan['hardware'] = hw
+    hw['device_memory'] = _row('memory per device', device_bytes, 'B', f'{chip.name} (configs/hardware.py)')
+  return hw, sustained, device_bytes
 
+
+def _time_and_cost_sections(c, sustained, devices, price_per_device_hour, notes) -> dict:
+  """Time (with a rate) and cost (with a price) of C FLOPs."""
+  plan = {}
   if sustained is not None:
     t = run_time(c, sustained, devices)
     plan['time'] = {
@@ -409,27 +334,19 @@ def make_plan(params=None, tokens=None, flops=None, law=None, hardware_name=None
                  'or --sustained-flops-per-sec')
     if price_per_device_hour is not None:
       notes.append('--price-per-device-hour is unused without a rate')
-
-  if shape is not None:
-    plan['shape'] = {k: _row(k, getattr(shape, k)) for k in
-                     ('n_layers', 'd_model', 'n_heads', 'n_kv_heads', 'head_dim', 'd_ff', 'vocab_size',
-                      'tie_embeddings')}
-    plan['shape']['source'] = _row('source', shape_source or 'flags')
-    if shape_n is not None:
-      plan['shape']['params'] = _row('parameters of the shape', shape_n, '',
-                                     'embeddings + L (attention + SwiGLU + 2 norms) + final norm + head')
-  if shape is None:
-    notes.append('LoRA, QLoRA and KV-cache rows need a model shape: --config FILE or --n-layers '
-                 '--d-model --n-heads [--n-kv-heads] --d-ff')
-  elif context is None:
-    notes.append('KV-cache rows need --context (or a --config with data.seq_len)')
-  plan['memory'] = memory.memory_stages(
-      n, devices, device_bytes, shape=shape, lora_rank=lora_rank, lora_targets=tuple(lora_targets),
-      context=context, batch=batch, kv_bytes_per_element=kv_bytes)
-  notes.append('memory: parameters and optimizer state only (plus the KV cache where named); '
-               'activations, workspace and fragmentation are extra')
-  plan['notes'] = notes
   return plan
+
+
+def _shape_section(shape, shape_source) -> dict:
+  """The model shape's fields and its parameter count."""
+  sec = {k: _row(k, getattr(shape, k)) for k in
+         ('n_layers', 'd_model', 'n_heads', 'n_kv_heads', 'head_dim', 'd_ff', 'vocab_size',
+          'tie_embeddings')}
+  sec['source'] = _row('source', shape_source or 'flags')
+  if shape.vocab_size is not None:
+    sec['params'] = _row('parameters of the shape', memory.shape_param_count(shape), '',
+                         'embeddings + L (attention + SwiGLU + 2 norms) + final norm + head')
+  return sec
 
 
 # ---------------------------------------------------------------------------- output
@@ -529,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument('--lora-targets', default=','.join(memory.LORA_TARGETS_ALL),
                  help='adapted matrices per block, comma-separated (default: all linear maps)')
   g.add_argument('--kv-bytes', type=float, default=2.0, help='bytes per cached K/V element (default 2)')
-  p.add_argument('--json', nargs='?', const='-', metavar='PATH', help='print JSON (or write it to PATH)')
+  cli.add_json_argument(p)
   return p
 
 
@@ -553,17 +470,7 @@ def main(argv=None) -> int:
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  if args.json:
-    text = json.dumps(plan, indent=1)
-    if args.json == '-':
-      print(text)
-    else:
-      with open(args.json, 'w') as f:
-        f.write(text + '\n')
-      print(format_table(plan))
-      print(f'wrote {args.json}')
-  else:
-    print(format_table(plan))
+  cli.emit(plan, format_table(plan), args.json)
   return 0
 
 

@@ -14,7 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from scaling import fit  # noqa: E402
+from scaling import tables  # noqa: E402
+from scaling.law import frontier, law_from_params, predict_loss  # noqa: E402
 
 
 def _save(fig, path):
@@ -88,12 +89,12 @@ def plot_optimal(points, result):
       axes[1].plot(b["flops"], b["D_opt"], "o", color=colors["approach2"])
   r = result.get("approach3")
   if r:
-    n_opt, d_opt = fit.frontier(r, C)
+    n_opt, d_opt = frontier(r, C)
     axes[0].plot(C, n_opt, color=colors["approach3"], label=f"approach3: a={r['a']:.3f}")
     axes[1].plot(C, d_opt, color=colors["approach3"], label=f"approach3: b={r['b']:.3f}")
     s = r.get("_samples")
     if s is not None and len(s) > 1:
-      fr = [fit.frontier(fit.law_from_params(x), C) for x in s]
+      fr = [frontier(law_from_params(x), C) for x in s]
       for i, ax in enumerate(axes):
         lo, hi = np.percentile([f[i] for f in fr], [2.5, 97.5], axis=0)
         ax.fill_between(C, lo, hi, color=colors["approach3"], alpha=0.15, lw=0)
@@ -112,12 +113,12 @@ def plot_contours(points, law):
   lc = np.linspace(np.log10(C_pts.min()) - 0.5, np.log10(C_pts.max()) + 1, 200)
   ln = np.linspace(np.log10(points.N.min()) - 0.5, np.log10(points.N.max()) + 0.5, 200)
   C_GG, N_GG = np.meshgrid(10 ** lc, 10 ** ln)
-  L_GG = fit.predict_loss(law, N_GG, C_GG / (6 * N_GG))
+  L_GG = predict_loss(law, N_GG, C_GG / (6 * N_GG))
   levels = np.quantile(L_GG, np.linspace(0.02, 0.9, 14))
   cs = ax.contour(C_GG, N_GG, L_GG, levels=np.unique(levels), cmap="viridis", linewidths=0.8)
   ax.clabel(cs, fontsize=6, fmt="%.2f")
   sc = ax.scatter(C_pts, points.N, c=points.L, cmap="viridis", s=10, edgecolors="none")
-  n_opt, _ = fit.frontier(law, 10 ** lc)
+  n_opt, _ = frontier(law, 10 ** lc)
   ax.plot(10 ** lc, n_opt, "r-", lw=1.5, label=f"frontier N_opt ∝ C^{law['a']:.3f}")
   ax.set_xscale("log"); ax.set_yscale("log")
   ax.set_ylim(10 ** ln[0], 10 ** ln[-1])
@@ -131,7 +132,7 @@ def plot_contours(points, law):
 
 def plot_residuals(points, law):
   """Approach-3 residuals log L - log L_hat against N and as a histogram."""
-  r = np.log(points.L) - np.log(fit.predict_loss(law, points.N, points.D))
+  r = np.log(points.L) - np.log(predict_loss(law, points.N, points.D))
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   sc = axes[0].scatter(points.N, r, c=np.log10(points.D), s=10, cmap="plasma")
   axes[0].axhline(0, color="k", lw=0.8)
@@ -180,9 +181,9 @@ def write_tensorboard(out, images, result, points):
   with SummaryWriter(out) as writer:
     for name, rgb_HW3 in images.items():
       writer.add_image(f"scaling/{name}", rgb_HW3, 0, dataformats="HWC")
-    table = fit.format_table(result)
+    table = tables.format_table(result)
     if "prediction" in result:
-      table += "\n" + fit.format_prediction(result["prediction"])
+      table += "\n" + tables.format_prediction(result["prediction"])
     writer.add_text("scaling/summary", "```\n" + table + "\n```", 0)
     r = result.get("approach3")
     if r:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from configs import base, tiny_cpu
+from configs import base, hardware, tiny_cpu
 from scaling import aot
 from train.config_check import ConfigError
 
@@ -110,7 +110,7 @@ def test_tiny_config_compiles_and_arguments_match_by_hand():
   assert mem['state_tiled'] == weights + 3 * 512
   assert mem['argument'] == weights + 3 * 512 + batch
   assert mem['alias'] > 0.99 * weights  # The state is donated: outputs reuse its buffers.
-  assert 0 <= mem['temp'] < aot.hardware.GiB and mem['total'] >= mem['argument']
+  assert 0 <= mem['temp'] < hardware.GiB and mem['total'] >= mem['argument']
   assert r['flops']['compiled_uncorrected_per_chip'] > 0
 
 

@@ -8,8 +8,9 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import base
 from train import arrayrecord as ar
-from train import corpus
+from train import config_check
 from train import data as data_lib
 from train import tokens as tokens_lib
 
@@ -81,7 +82,7 @@ def test_prepare_splits_feeds_the_window_sampler(shards):
   tmp_path, stream = shards
   cfg = _cfg(paths=f'{tmp_path}/train-0.array_record,{tmp_path}/train-[12].array_record',
              val_paths=str(tmp_path / 'val.array_record'))
-  s = corpus.prepare_splits(cfg, vocab_size=512, seed=0)
+  s = ar.prepare_splits(cfg, vocab_size=512)
   assert s.tokenizer_name == 'test-tok' and s.manifest['source'] == 'arrayrecord'
   assert s.manifest['splits']['train']['n_tokens'] == len(stream)
   seq_len = 16
@@ -115,8 +116,7 @@ def test_export_token_file_keeps_the_stream(tmp_path):
 def test_missing_val_paths_and_missing_files(shards):
   tmp_path, _ = shards
   with pytest.raises(ValueError, match='data.val_paths'):
-    corpus.prepare_splits(_cfg(paths=str(tmp_path / 'train-0.array_record')), vocab_size=VOCAB,
-                          seed=0)
+    ar.prepare_splits(_cfg(paths=str(tmp_path / 'train-0.array_record')), vocab_size=VOCAB)
   with pytest.raises(ValueError, match='data.paths'):
     ar.prepare_splits(_cfg(val_paths=str(tmp_path / 'val.array_record')), vocab_size=VOCAB)
   with pytest.raises(FileNotFoundError, match='nope.array_record'):
@@ -131,8 +131,6 @@ def test_missing_val_paths_and_missing_files(shards):
 
 
 def test_config_check_names_the_keys():
-  from configs import base  # pylint: disable=g-import-not-at-top
-  from train import config_check  # pylint: disable=g-import-not-at-top
   c = base.get_config()
   c.data.source = 'arrayrecord'
   with pytest.raises(config_check.ConfigError, match='data.val_paths is empty') as e:

@@ -5,14 +5,48 @@ import os
 
 import numpy as np
 import pytest
+import scipy.optimize
 
 from scaling import fit
+from scaling import law as law_lib
+from scaling import points as points_lib
+from scaling import tables
 
 LAWS = {  # (E, A, B, alpha, beta) shapes: Epoch's fit, Chinchilla eq. 10, an N-heavy one
   "epoch": dict(E=1.8172, A=477.8, B=2143.4, alpha=0.3473, beta=0.3672),
   "chinchilla": dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28),
   "steep_n": dict(E=2.5, A=50.0, B=300.0, alpha=0.5, beta=0.3),
 }
+
+
+# --- reference code: a plain scipy loop, to check the batched fit -------------------------
+
+
+def _scipy_polish(x0, logN, logD, logL, w_n, delta, reduce, options=None):
+  """One scipy L-BFGS-B run from x0 (default options: the slow reference)."""
+  scale = 1.0 / len(logN) if reduce == "mean" else 1.0
+  w = (np.asarray(w_n, float) * scale)[None]
+
+  def fg(x):
+    f, g = fit._objective(x[None], logN, logD, logL, w, delta, True)
+    return f[0], g[0]
+
+  res = scipy.optimize.minimize(fg, x0, jac=True, method="L-BFGS-B", options=options)
+  return res.x, float(res.fun), res
+
+
+def fit_approach3_slow(N, D, L, starts=None, delta=fit.HUBER_DELTA, reduce="sum"):
+  """Reference: a plain scipy L-BFGS-B loop over the starts; best result (minutes for the full grid)."""
+  logN, logD, logL = fit._logs(N, D, L)
+  starts = fit.chinchilla_grid() if starts is None else np.atleast_2d(starts)
+  best = (None, np.inf)
+  for x0 in starts:
+    x, f, _ = _scipy_polish(x0, logN, logD, logL, np.ones(len(logN)), delta, reduce)
+    if np.isfinite(f) and f < best[1]:
+      best = (x, f)
+  law = law_lib.law_from_params(best[0])
+  law.update({"objective": best[1], "x": best[0].tolist()})
+  return law
 
 
 def _x(law):
@@ -33,18 +67,18 @@ def synthetic(law, seed, n_budgets=6, n_sizes=8, noise=0.003, lo=17, hi=21):
   rng = np.random.default_rng(seed)
   N, D = [], []
   for C in np.logspace(lo, hi, n_budgets):
-    n_opt, _ = fit.frontier(law, C)
+    n_opt, _ = law_lib.frontier(law, C)
     for n in n_opt * np.logspace(-1, 1, n_sizes):
       N.append(n)
       D.append(C / (6 * n))
   N, D = np.array(N), np.array(D)
-  L = fit.predict_loss(law, N, D) * np.exp(noise * rng.standard_normal(len(N)))
+  L = law_lib.predict_loss(law, N, D) * np.exp(noise * rng.standard_normal(len(N)))
   return N, D, L
 
 
 def _points(N, D, L, C=None):
   C = 6 * N * D if C is None else C
-  return fit.Points([f"p{i}" for i in range(len(N))], N, D, C, L, "test", "with_head")
+  return points_lib.Points([f"p{i}" for i in range(len(N))], N, D, C, L, "test", "with_head")
 
 
 def _write_csv(path, header, rows):
@@ -75,7 +109,7 @@ def test_recovers_known_law(shape, seed):
   assert abs(got["E"] - law["E"]) < 0.04
   assert abs(got["alpha"] - law["alpha"]) < 0.04
   assert abs(got["beta"] - law["beta"]) < 0.04
-  assert abs(got["a"] - fit.frontier_constants(law)["a"]) < 0.03
+  assert abs(got["a"] - law_lib.frontier_constants(law)["a"]) < 0.03
   assert got["objective"] < fit._objective(np.array([_x(law)]), *fit._logs(N, D, L),
                                            np.ones((1, len(N))), fit.HUBER_DELTA, False)[0]
 
@@ -98,7 +132,7 @@ def test_grid_equals_slow_scipy_loop():
   N, D, L = synthetic(LAWS["epoch"], 7, n_budgets=5, n_sizes=6, noise=0.01)
   starts = fit.chinchilla_grid()[::61]  # 74 starts spread over the whole grid
   fast = fit.fit_approach3(N, D, L, starts=starts)
-  slow = fit.fit_approach3_slow(N, D, L, starts=starts)
+  slow = fit_approach3_slow(N, D, L, starts=starts)
   assert fast["objective"] <= slow["objective"] * (1 + 1e-6)
   assert fast["objective"] == pytest.approx(slow["objective"], rel=1e-4)
   for k in ("E", "alpha", "beta", "a"):
@@ -120,7 +154,7 @@ def test_mean_huber_stops_early_sum_huber_does_not():
   runs = {"sum": [], "mean": []}
   for x0 in fit.chinchilla_grid()[::50][:12]:
     for reduce in runs:
-      x, _, res = fit._scipy_polish(x0, *logs, ones, fit.HUBER_DELTA, reduce)
+      x, _, res = _scipy_polish(x0, *logs, ones, fit.HUBER_DELTA, reduce)
       f_sum = fit._objective(x[None], *logs, ones[None], fit.HUBER_DELTA, False)[0]
       runs[reduce].append((f_sum, res.nit, x))
   best = min(r[0] for r in runs["sum"])
@@ -131,7 +165,7 @@ def test_mean_huber_stops_early_sum_huber_does_not():
   x_best = min(runs["sum"], key=lambda r: r[0])[2]
   assert abs(x_best[3] - law["alpha"]) < 0.03 and abs(x_best[4] - law["beta"]) < 0.03
   # Same minimiser: with a tight stopping rule the mean objective reaches it too.
-  x_tight, _, _ = fit._scipy_polish(x_best + 0.05, *logs, ones, fit.HUBER_DELTA, "mean",
+  x_tight, _, _ = _scipy_polish(x_best + 0.05, *logs, ones, fit.HUBER_DELTA, "mean",
                                     {"ftol": 1e-15, "gtol": 1e-14})
   np.testing.assert_allclose(x_tight[3:], x_best[3:], atol=5e-3)
 
@@ -145,14 +179,14 @@ def test_no_converged_start_is_an_error():
 def test_frontier_minimises_loss_at_fixed_compute():
   law = LAWS["chinchilla"]
   C = 5.76e23
-  n_opt, d_opt = fit.frontier(law, C)
+  n_opt, d_opt = law_lib.frontier(law, C)
   assert 6 * n_opt * d_opt == pytest.approx(C)
   Ns = n_opt * np.logspace(-0.3, 0.3, 61)
-  losses = fit.predict_loss(law, Ns, C / (6 * Ns))
+  losses = law_lib.predict_loss(law, Ns, C / (6 * Ns))
   assert np.argmin(losses) == 30
   # REFERENCE.md: the unrounded Chinchilla fit gives N_opt(5.76e23) ≈ 40B.
-  unrounded = fit.law_from_params([6.0073404, 6.0179186, 0.5267228, 0.33917084, 0.2849083])
-  assert fit.frontier(unrounded, C)[0] == pytest.approx(40e9, rel=0.1)
+  unrounded = law_lib.law_from_params([6.0073404, 6.0179186, 0.5267228, 0.33917084, 0.2849083])
+  assert law_lib.frontier(unrounded, C)[0] == pytest.approx(40e9, rel=0.1)
 
 
 # --- bootstrap -------------------------------------------------------------------------
@@ -202,7 +236,7 @@ def test_approach2_recovers_exponent_and_reports_budgets():
   N, D, L = synthetic(law, 0, n_budgets=5, n_sizes=9, noise=0.002)
   r = fit.run_approach2(_points(N, D, L), n_boot=30)
   assert len(r["budgets"]) == 5
-  assert abs(r["a"] - fit.frontier_constants(law)["a"]) < 0.05
+  assert abs(r["a"] - law_lib.frontier_constants(law)["a"]) < 0.05
   assert r["a"] + r["b"] == pytest.approx(1.0)
   assert r["ci"]["a"][0] < r["a"] < r["ci"]["a"][1]
   assert all(b["ci_N_opt"] is not None for b in r["budgets"])
@@ -249,10 +283,10 @@ def test_approach1_envelope_from_curves():
   for n in Ns:
     tokens = np.logspace(8, 11.5, 60)
     curves.append({"flops": 6 * n * tokens, "tokens": tokens,
-                   "loss": fit.predict_loss(law, n, tokens)})
+                   "loss": law_lib.predict_loss(law, n, tokens)})
   a, _, b, _, env = fit._approach1_fit(curves, Ns)
   assert len(np.unique(env[1])) >= 4
-  assert abs(a - fit.frontier_constants(law)["a"]) < 0.08
+  assert abs(a - law_lib.frontier_constants(law)["a"]) < 0.08
   assert a + b == pytest.approx(1.0, abs=1e-9)
 
 
@@ -268,24 +302,24 @@ def test_approach1_skipped_without_curves():
 def test_load_csv_epoch_headers_derive_tokens(tmp_path):
   path = _write_csv(tmp_path / "e.csv", ["x", "Model Size", "Training FLOP", "loss"],
                     [[1, 1e8, 6e18, 3.1], [2, 2e8, 6e18, 3.0]])
-  p = fit.load_csv(path)
+  p = points_lib.load_csv(path)
   np.testing.assert_allclose(p.D, [1e10, 5e9])
   np.testing.assert_allclose(p.C, [6e18, 6e18])
 
 
 def test_load_csv_explicit_columns(tmp_path):
   path = _write_csv(tmp_path / "c.csv", ["size", "toks", "l"], [[1e8, 2e9, 3.0]])
-  p = fit.load_csv(path, fit.parse_columns("params=size,tokens=toks,loss=l"))
+  p = points_lib.load_csv(path, points_lib.parse_columns("params=size,tokens=toks,loss=l"))
   assert p.N[0] == 1e8 and p.D[0] == 2e9 and p.C[0] == pytest.approx(6 * 1e8 * 2e9)
   with pytest.raises(ValueError, match="'nope'"):
-    fit.load_csv(path, fit.parse_columns("params=nope,tokens=toks,loss=l"))
+    points_lib.load_csv(path, points_lib.parse_columns("params=nope,tokens=toks,loss=l"))
 
 
 def test_load_csv_picks_n_count_column(tmp_path):
   path = _write_csv(tmp_path / "n.csv", ["params_with_head", "params_non_embedding", "tokens",
                                          "loss"], [[3e8, 2e8, 1e10, 3.0]])
-  assert fit.load_csv(path, n_count="non_embedding").N[0] == 2e8
-  assert fit.load_csv(path).N[0] == 3e8
+  assert points_lib.load_csv(path, n_count="non_embedding").N[0] == 2e8
+  assert points_lib.load_csv(path).N[0] == 3e8
 
 
 @pytest.mark.parametrize("header,row,match", [
@@ -300,7 +334,7 @@ def test_load_csv_picks_n_count_column(tmp_path):
 def test_load_csv_bad_values(tmp_path, header, row, match):
   path = _write_csv(tmp_path / "bad.csv", header, [row])
   with pytest.raises(ValueError, match=match):
-    fit.load_csv(path)
+    points_lib.load_csv(path)
 
 
 def test_fewer_points_than_parameters_skips_approach3():
@@ -320,14 +354,14 @@ def test_nan_in_arrays_is_a_clear_error():
 def test_load_law_roundtrip_and_missing(tmp_path):
   N, D, L = synthetic(LAWS["epoch"], 0)
   res = fit.fit_all(_points(N, D, L), n_boot=5, starts=_subgrid()[::6], log=lambda m: None)
-  fit.write_json(res, str(tmp_path))
-  law = fit.load_law(str(tmp_path))
+  tables.write_json(res, str(tmp_path))
+  law = law_lib.read_fit(str(tmp_path))
   assert law["alpha"] == pytest.approx(res["approach3"]["alpha"])
-  assert fit.frontier(law, 1e21)[0] == pytest.approx(fit.frontier(res["approach3"], 1e21)[0])
+  assert law_lib.frontier(law, 1e21)[0] == pytest.approx(law_lib.frontier(res["approach3"], 1e21)[0])
   with open(tmp_path / "fit.json", "w") as f:
     json.dump({"skipped": {"approach3": "too few points"}}, f)
   with pytest.raises(ValueError, match="too few points"):
-    fit.load_law(str(tmp_path / "fit.json"))
+    law_lib.read_fit(str(tmp_path / "fit.json"))
 
 
 # --- sweep folder and CLI --------------------------------------------------------------
@@ -337,22 +371,22 @@ def _make_sweep(root, law, diverged=True, unfinished=True):
   """Synthetic sweep: 3 budgets × 5 sizes, curve.json with eval rows."""
   V_d = 2e6  # embedding table V·d (untied head of the same size)
   for C in (1e17, 1e18, 1e19):
-    n_opt, _ = fit.frontier(law, C)
+    n_opt, _ = law_lib.frontier(law, C)
     for j, n in enumerate(n_opt * np.logspace(-0.8, 0.8, 5)):
       run = os.path.join(root, f"c{C:.0e}_n{j}")
       os.makedirs(run)
       d = C / (6 * n)
       steps = np.linspace(d / 20, d, 20)
       curve = [{"step": int(i), "tokens": int(t), "flops": 6 * n * t,
-                "train_loss": float(fit.predict_loss(law, n, t)) + 0.01,
-                "eval_loss": float(fit.predict_loss(law, n, t)) if i % 2 else None}
+                "train_loss": float(law_lib.predict_loss(law, n, t)) + 0.01,
+                "eval_loss": float(law_lib.predict_loss(law, n, t)) if i % 2 else None}
                for i, t in enumerate(steps)]
       with open(os.path.join(run, "curve.json"), "w") as f:
         json.dump(curve, f)
       summary = {"params_total": n + V_d, "params_embedding": V_d, "params_head": V_d,
                  "params_non_embedding": n - V_d, "params_with_head": n, "tokens": d,
                  "steps": 20, "flops_6nd": 6 * n * d, "final_train_loss": 3.0,
-                 "eval_loss": float(fit.predict_loss(law, n, d)), "tokens_per_sec": 1.0,
+                 "eval_loss": float(law_lib.predict_loss(law, n, d)), "tokens_per_sec": 1.0,
                  "mfu": 0.4, "config": {"d_model": 64}}
       with open(os.path.join(run, "summary.json"), "w") as f:
         json.dump(summary, f)
@@ -367,12 +401,12 @@ def _make_sweep(root, law, diverged=True, unfinished=True):
 def test_load_runs_reports_unfinished_and_diverged(tmp_path):
   _make_sweep(str(tmp_path), LAWS["chinchilla"])
   warnings = []
-  p = fit.load_runs(str(tmp_path), warn=warnings.append)
+  p = points_lib.load_runs(str(tmp_path), warn=warnings.append)
   assert len(p.N) == 15
   assert {e[0] for e in p.excluded} == {"zz_unfinished", "zz_diverged"}
   assert len(warnings) == 2 and "summary.json" in warnings[1] + warnings[0]
   assert p.curve_source == "eval_loss"
-  p_ne = fit.load_runs(str(tmp_path), n_count="non_embedding", warn=lambda m: None)
+  p_ne = points_lib.load_runs(str(tmp_path), n_count="non_embedding", warn=lambda m: None)
   np.testing.assert_allclose(p_ne.N, p.N - 2e6)
 
 
@@ -381,7 +415,7 @@ def test_load_runs_missing_key_names_file(tmp_path):
   with open(tmp_path / "r1" / "summary.json", "w") as f:
     json.dump({"params_with_head": 1e8, "eval_loss": 3.0}, f)
   with pytest.raises(ValueError, match="r1/summary.json: missing key 'tokens'"):
-    fit.load_runs(str(tmp_path))
+    points_lib.load_runs(str(tmp_path))
 
 
 def test_cli_on_sweep_folder(tmp_path, capsys):
@@ -413,16 +447,16 @@ def test_cli_bad_csv_exits_nonzero_with_message(tmp_path, capsys):
 def test_cli_drop_highest_loss(tmp_path):
   N, D, L = synthetic(LAWS["epoch"], 0, n_budgets=2, n_sizes=4, lo=19, hi=20)
   path = _write_csv(tmp_path / "s.csv", ["params", "tokens", "loss"], zip(N, D, L))
-  p = fit.drop_highest_loss(fit.load_csv(path), 2)
+  p = points_lib.drop_highest_loss(points_lib.load_csv(path), 2)
   assert len(p.N) == 6 and p.L.max() <= np.sort(L)[-3] + 1e-12
   with pytest.raises(ValueError, match="leaves no points"):
-    fit.drop_highest_loss(p, 6)
+    points_lib.drop_highest_loss(p, 6)
 
 
 def test_diverged_law_overflows_to_inf_not_an_exception():
   # A bootstrap resample can drive log A past float range (alpha -> large); the law must still
   # be representable: A = inf, while the frontier constant G, computed in log space, stays finite.
-  law = fit.law_from_params([800.0, 790.0, 0.5, 2.0, 1.9])
+  law = law_lib.law_from_params([800.0, 790.0, 0.5, 2.0, 1.9])
   assert law["A"] == float("inf") and law["B"] == float("inf")
   assert np.isfinite(law["G"]) and law["G"] > 0
   lo, hi = fit._ci([1.0, 2.0, 3.0] * 10 + [float("inf")] * 5)

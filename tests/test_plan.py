@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from scaling import law as law_lib
 from scaling import plan
 
 GB = 1e9
@@ -63,31 +64,31 @@ def test_cli_json_matches_table(tmp_path, capsys):
 
 
 def test_chinchilla_unrounded_gives_40b_at_5p76e23():
-  n_opt, d_opt = plan.CHINCHILLA.optimum(5.76e23)
+  n_opt, d_opt = law_lib.CHINCHILLA.optimum(5.76e23)
   assert n_opt == pytest.approx(40e9, rel=0.02)
   assert 6 * n_opt * d_opt == pytest.approx(5.76e23)
-  assert plan.CHINCHILLA.frontier()[1] == pytest.approx(0.4565, abs=1e-4)  # Table 2: approach 3 -> 0.46.
+  assert law_lib.CHINCHILLA.frontier()[1] == pytest.approx(0.4565, abs=1e-4)  # Table 2: approach 3 -> 0.46.
 
 
 def test_rounded_chinchilla_values_move_the_prediction():
   # REFERENCE.md pitfall: the rounded eq. 10 values change N_opt(5.76e23) by ~20% (32B, not 40B).
-  rounded = plan.Law('rounded', E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
-  assert rounded.optimum(5.76e23)[0] < 0.85 * plan.CHINCHILLA.optimum(5.76e23)[0]
+  rounded = law_lib.Law('rounded', E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+  assert rounded.optimum(5.76e23)[0] < 0.85 * law_lib.CHINCHILLA.optimum(5.76e23)[0]
 
 
 def test_epoch_exponent():
-  assert plan.EPOCH.frontier()[1] == pytest.approx(0.513, abs=1e-3)  # Besiroglu et al.: a = 0.513.
+  assert law_lib.EPOCH.frontier()[1] == pytest.approx(0.513, abs=1e-3)  # Besiroglu et al.: a = 0.513.
 
 
 def test_twenty_x():
-  n, d = plan.get_law('20x').optimum(1.2e21)
+  n, d = law_lib.get_law('20x').optimum(1.2e21)
   assert d == pytest.approx(20 * n)
   assert 6 * n * d == pytest.approx(1.2e21)
 
 
 @pytest.mark.parametrize('name', ['chinchilla', 'epoch'])
 def test_optimum_minimises_loss_on_the_isoflop(name):
-  law = plan.get_law(name)
+  law = law_lib.get_law(name)
   c = 1e21
   n_opt, _ = law.optimum(c)
   at = lambda n: law.loss(n, c / (6 * n))
@@ -96,7 +97,7 @@ def test_optimum_minimises_loss_on_the_isoflop(name):
 
 @pytest.mark.parametrize('name', ['chinchilla', 'epoch', '20x'])
 def test_inverse_frontier(name):
-  law = plan.get_law(name)
+  law = law_lib.get_law(name)
   n, d = law.optimum(3e22)
   assert law.tokens_for_params(n) == pytest.approx(d, rel=1e-9)
   assert law.params_for_tokens(d) == pytest.approx(n, rel=1e-9)
@@ -109,11 +110,11 @@ def _write(tmp_path, data, name='fit.json'):
 
 
 def test_fit_json_law_matches_builtin(tmp_path):
-  c = plan.CHINCHILLA
+  c = law_lib.CHINCHILLA
   path = _write(tmp_path, {'approach3': {'E': c.E, 'A': c.A, 'B': c.B, 'alpha': c.alpha, 'beta': c.beta,
                                          'ci': {'alpha': [0.3, 0.4]}},
                            'approach1': {'a': 0.5, 'b': 0.5}})
-  law = plan.get_law(path)
+  law = law_lib.get_law(path)
   assert law.optimum(1e21) == pytest.approx(c.optimum(1e21))
   p = plan.make_plan(flops=1e21, law=path)
   assert _value(p, 'compute', 'params') == pytest.approx(c.optimum(1e21)[0])
@@ -129,13 +130,13 @@ def test_fit_json_law_matches_builtin(tmp_path):
 def test_bad_fit_json(tmp_path, content, match):
   path = _write(tmp_path, content)
   with pytest.raises(ValueError, match=match) as e:
-    plan.get_law(path)
+    law_lib.get_law(path)
   assert path in str(e.value) and '--law' in str(e.value)
 
 
 def test_unknown_law_name():
   with pytest.raises(ValueError, match='--law.*chinchilla, epoch, 20x'):
-    plan.get_law('kaplan')
+    law_lib.get_law('kaplan')
 
 
 # ---------------------------------------------------------------------------- budget resolution
@@ -150,9 +151,9 @@ def test_any_two_give_the_third():
 
 
 def test_one_with_a_law():
-  b = plan.resolve_budget(params=1e9, law=plan.TWENTY_X)
+  b = plan.resolve_budget(params=1e9, law=law_lib.TWENTY_X)
   assert b['tokens'] == pytest.approx(2e10) and b['flops'] == pytest.approx(1.2e20)
-  b = plan.resolve_budget(tokens=2e10, law=plan.TWENTY_X)
+  b = plan.resolve_budget(tokens=2e10, law=law_lib.TWENTY_X)
   assert b['params'] == pytest.approx(1e9)
 
 
@@ -163,7 +164,7 @@ def test_n_from_model_shape(tmp_path):
   assert _value(p, 'compute', 'params') == memory.shape_param_count(shape)
   # With --flops and --law, the law decides N; the shape only feeds LoRA/KV (and a note says they differ).
   p = plan.make_plan(flops=1e21, law='chinchilla', shape=shape, context=128)
-  assert _value(p, 'compute', 'params') == pytest.approx(plan.CHINCHILLA.optimum(1e21)[0])
+  assert _value(p, 'compute', 'params') == pytest.approx(law_lib.CHINCHILLA.optimum(1e21)[0])
   assert any('the model shape has' in n for n in p['notes'])
   assert any(r['stage'].startswith('KV cache') for r in p['memory'])
 
@@ -200,14 +201,14 @@ def test_hardware_table_and_mfu():
 
 def test_isoflop_plan():
   out = plan.isoflop_plan(1e19, 'chinchilla', n_sizes=5, span=4.0)
-  n_opt, d_opt = plan.CHINCHILLA.optimum(1e19)
+  n_opt, d_opt = law_lib.CHINCHILLA.optimum(1e19)
   assert out['n_opt'] == pytest.approx(n_opt) and out['d_opt'] == pytest.approx(d_opt)
   assert out['sizes'][2] == pytest.approx(n_opt)
   assert out['sizes'][0] == pytest.approx(n_opt / 4) and out['sizes'][-1] == pytest.approx(n_opt * 4)
   ratios = [b / a for a, b in zip(out['sizes'], out['sizes'][1:])]
   assert ratios == pytest.approx([2.0] * 4)  # Even in log N.
   assert all(6 * n * d == pytest.approx(1e19) for n, d in zip(out['sizes'], out['tokens']))
-  assert plan.isoflop_plan(1e19, plan.EPOCH, n_sizes=1)['sizes'] == pytest.approx([plan.EPOCH.optimum(1e19)[0]])
+  assert plan.isoflop_plan(1e19, law_lib.EPOCH, n_sizes=1)['sizes'] == pytest.approx([law_lib.EPOCH.optimum(1e19)[0]])
   with pytest.raises(ValueError, match='span'):
     plan.isoflop_plan(1e19, '20x', span=0.5)
   with pytest.raises(ValueError, match='n_sizes'):

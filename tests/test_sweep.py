@@ -270,31 +270,44 @@ def test_tpu_flag_needs_a_tpu_block(tmp_path, capsys):
 # ---------------------------------------------------------------------------- AOT hook
 
 
-def test_check_fit_hook_uses_scaling_aot_when_present(tmp_path, monkeypatch):
-  import types
-  import scaling
+def test_check_fit_hook_runs_scaling_aot_per_run(tmp_path, monkeypatch):
+  import importlib.util
+  import stat as stat_lib
   sweep = sweep_lib.expand(sweep_lib.load_config_file(write_sweep(tmp_path)))
-  monkeypatch.setitem(sys.modules, 'scaling.aot', None)  # Not importable.
-  monkeypatch.delattr(scaling, 'aot', raising=False)
-  assert sweep_lib.check_fit(sweep, 'v5p:2x2x2', log=lambda m: None) is None
-  seen = []
-
-  def fits(cfg, topo):
-    seen.append((cfg.model.d_model, topo))
-    if cfg.model.d_model == 12:
-      raise ValueError('mesh does not match')
-    return cfg.model.d_model < 20, 'fake verdict'
-
-  fake = types.SimpleNamespace(fits=fits, have_libtpu=lambda: True)
-  monkeypatch.setitem(sys.modules, 'scaling.aot', fake)
-  monkeypatch.setattr(scaling, 'aot', fake, raising=False)
+  # A stand-in interpreter for `python -m scaling.aot`: d_model < 20 fits, 12 is a bad config.
+  fake = tmp_path / 'fake_python'
+  seen = tmp_path / 'seen.txt'
+  fake.write_text(textwrap.dedent(f"""\
+      #!{sys.executable}
+      import sys
+      args = sys.argv[1:]
+      if 'STATUS' in open({str(seen)!r} + '.mode').read():
+        sys.exit(3)
+      d = int(next(a.split('=')[1] for a in args if a.startswith('--config.model.d_model=')))
+      topo = args[args.index('--topology') + 1]
+      open({str(seen)!r}, 'a').write(f'{{d}} {{topo}}\\n')
+      if d == 12:
+        print('error: mesh does not match', file=sys.stderr); sys.exit(2)
+      print('fake verdict'); sys.exit(0 if d < 20 else 1)
+      """))
+  fake.chmod(fake.stat().st_mode | stat_lib.S_IEXEC)
+  (tmp_path / 'seen.txt.mode').write_text('run')
+  real_find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, 'find_spec',
+                      lambda name, *a: object() if name == 'libtpu' else real_find_spec(name, *a))
   lines = []
-  assert sweep_lib.check_fit(sweep, 'v5p:2x2x2', log=lines.append) is False
-  assert len(seen) == len(sweep.runs) and all(t == 'v5p:2x2x2' for _, t in seen)
-  assert any('DOES NOT FIT (check failed: mesh does not match)' in ln for ln in lines)
+  assert sweep_lib.check_fit(sweep, 'v5p:2x2x2', log=lines.append, python=str(fake)) is False
+  seen_rows = seen.read_text().split('\n')[:-1]
+  assert len(seen_rows) == len(sweep.runs) and all(r.endswith(' v5p:2x2x2') for r in seen_rows)
+  if any(r.shape['d_model'] == 12 for r in sweep.runs):
+    assert any('DOES NOT FIT (check failed: mesh does not match)' in ln for ln in lines)
   assert any(ln.endswith(': fits (fake verdict)') for ln in lines)
-  fake.have_libtpu = lambda: False
-  assert sweep_lib.check_fit(sweep, 'v5p:2x2x2', log=lines.append) is None
+  (tmp_path / 'seen.txt.mode').write_text('STATUS')  # The check itself cannot run: unavailable.
+  assert sweep_lib.check_fit(sweep, 'v5p:2x2x2', log=lines.append, python=str(fake)) is None
+  assert 'scaling.aot could not run' in lines[-1]
+  monkeypatch.setattr(importlib.util, 'find_spec',
+                      lambda name, *a: None if name == 'libtpu' else real_find_spec(name, *a))
+  assert sweep_lib.check_fit(sweep, 'v5p:2x2x2', log=lines.append, python=str(fake)) is None
   assert 'libtpu is not installed' in lines[-1]
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs import base
+from train import cost
 from train import loop
 from train.config_check import ConfigError
 
@@ -92,12 +93,10 @@ def test_non_finite_loss_stops_without_checkpointing_nan(tmp_path):
 
 
 def test_run_without_an_xla_cost_model_says_so_and_trains(tmp_path, monkeypatch, capsys):
-  from scaling import flops as flops_lib
-
   def no_cost_model(*a, **k):
     raise ValueError('XLA gives no cost analysis for this Lowered program on this backend')
 
-  monkeypatch.setattr(flops_lib, 'measure_step_flops', no_cost_model)
+  monkeypatch.setattr(cost, 'measure_step_flops', no_cost_model)
   c = small_config(steps=4)
   c.train.update(dict(eval_every=4, log_every=2, checkpoint_every=0))
   summary = loop.run(c, str(tmp_path))

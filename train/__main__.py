@@ -1,12 +1,17 @@
 """python -m train --config configs/tiny_cpu.py --workdir DIR [--config.model.d_model=256 ...]"""
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+import time
 
-from train import cli
+T_PROCESS_START = time.perf_counter()  # Before the heavy imports: start-up is timed from here.
 
-config_flags.DEFINE_config_file('config', None, 'Config file (a get_config() module).',
-                                lock_config=True)
+# pylint: disable=wrong-import-position
+import jax  # noqa: E402
+from absl import flags, logging  # noqa: E402
+
+from configs import cli  # noqa: E402
+from train import loop  # noqa: E402
+
+cli.define_config_flag()
 flags.DEFINE_string('workdir', None, 'Run directory: TensorBoard events, checkpoints, summary.json.')
 flags.DEFINE_string('coordinator', None, 'Multi-process: coordinator host:port (with '
                     '--num_processes and --process_id); on TPU VMs use --multihost instead.')
@@ -18,10 +23,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
+  del argv
   logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO.
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  import jax
   F = flags.FLAGS
   if F.coordinator:
     # CPU collectives across processes need gloo; the setting does nothing on TPU/GPU.
@@ -30,9 +33,8 @@ def main(argv):
                                process_id=F.process_id)
   elif F.multihost:
     jax.distributed.initialize()
-  from train import loop
-  loop.run(F.config, F.workdir)
+  loop.run(F.config, F.workdir, t_process_start=T_PROCESS_START)
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run_absl(main)

@@ -41,7 +41,6 @@ the file.
 
 import argparse
 import bisect
-import collections
 import concurrent.futures
 import io
 import json
@@ -52,9 +51,11 @@ import sys
 from typing import Iterable
 
 import numpy as np
+from array_record.python import array_record_data_source, array_record_module
+from etils import epath
 
-from train import corpus
 from train import files
+from train import sources
 from train import tokens as tokens_lib
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,6 @@ _META_KEYS = ('format', 'format_version', 'dtype', 'vocab_size', 'tokenizer', 'e
 _OPEN_THREADS = 16  # Files opened at once when a split is checked (bucket latency).
 
 
-def _epath(p):
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  return epath.Path(p)
-
-
 def _corrupt(path, why: str) -> ValueError:
   return ValueError(f'ArrayRecord file {path}: {why}. Rewrite it (and its {META_SUFFIX} sidecar) '
                     'with train.arrayrecord.write_arrayrecord or '
@@ -84,42 +80,11 @@ def _corrupt(path, why: str) -> ValueError:
 # ----------------------------------------------------------------- reading.
 
 
-def expand_paths(paths: str, key: str) -> list[str]:
-  """A data.paths-style value (comma-separated files or globs) -> file paths, in order.
-
-  Globs skip the .meta.json and .index.npy sidecars; a file named twice, a
-  pattern matching nothing or a missing file raises an error naming `key`.
-  """
-  out = []
-  for p in (p.strip() for p in paths.split(',')):
-    if not p:
-      continue
-    if any(c in p for c in '*?['):
-      matches = [str(m) for m in corpus._glob(p)  # pylint: disable=protected-access
-                 if not str(m).endswith((META_SUFFIX, INDEX_SUFFIX))]
-      if not matches:
-        raise FileNotFoundError(f'{key}: pattern {p!r} matches no ArrayRecord file.')
-      out.extend(matches)
-    else:
-      path = _epath(os.path.expanduser(p))
-      if not path.exists():
-        raise FileNotFoundError(f'{key}: ArrayRecord file {p} does not exist.')
-      if path.is_dir():
-        raise ValueError(f"{key}: {p} is a folder; name its files, e.g. '{p}/*.array_record'.")
-      out.append(os.path.expanduser(p))
-  if not out:
-    raise ValueError(f"{key} is empty; data.source='arrayrecord' needs ArrayRecord files or globs.")
-  twice = sorted(p for p, n in collections.Counter(out).items() if n > 1)
-  if twice:
-    raise ValueError(f'{key}: files named more than once: {twice}.')
-  return out
-
-
 def read_meta(path) -> dict:
   """Reads and checks the sidecar FILE.meta.json of an ArrayRecord file."""
   mpath = str(path) + META_SUFFIX
   try:
-    text = _epath(mpath).read_text()
+    text = epath.Path(mpath).read_text()
   except FileNotFoundError as e:
     raise _corrupt(path, f'its sidecar {mpath} is missing (it gives the dtype, vocab_size and '
                    'tokenizer; see the format in train/arrayrecord.py)') from e
@@ -159,7 +124,6 @@ def _close(reader) -> None:
 
 def _check_reader(path, n_records: int) -> None:
   """Opens the file with the native reader; raises unless it counts n_records."""
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   try:
     reader = array_record_module.ArrayRecordReader(str(path), 'readahead_buffer_size:0')
   except (RuntimeError, ValueError, OSError) as e:
@@ -180,7 +144,6 @@ def _check_reader(path, n_records: int) -> None:
 
 def build_index(path, meta: dict) -> np.ndarray:
   """Tokens in each record of an ArrayRecord file, by reading every record (int64)."""
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   itemsize = np.dtype(meta['dtype']).itemsize
   reader = array_record_module.ArrayRecordReader(str(path))
   try:
@@ -201,7 +164,7 @@ def build_index(path, meta: dict) -> np.ndarray:
 
 def read_index(path, meta: dict) -> np.ndarray:
   """Tokens in each record (int64), from FILE.index.npy or else by reading the file."""
-  ipath = _epath(str(path) + INDEX_SUFFIX)
+  ipath = epath.Path(str(path) + INDEX_SUFFIX)
   if ipath.exists():
     try:
       lengths = np.load(io.BytesIO(ipath.read_bytes()), allow_pickle=False)
@@ -253,10 +216,9 @@ class TokenStream:
 
   def _data_source(self):
     if self._source is None:
-      from array_record.python import array_record_data_source as ards  # pylint: disable=g-import-not-at-top
       # 'FILE[0:N]' gives the data source the record counts, so it opens no file now; its
       # readers are tuned for random access (no readahead).
-      self._source = ards.ArrayRecordDataSource(
+      self._source = array_record_data_source.ArrayRecordDataSource(
           [f'{p}[0:{n}]' for p, n in zip(self.paths, self._n_records)])
     return self._source
 
@@ -331,33 +293,34 @@ def open_split(paths: str, key: str = 'data.paths', *,
     TokenFile: path = `paths`, n_docs summed over files, n_bytes summed (0 if
     any file does not know its bytes), the files' vocab_size and tokenizer.
   """
-  files = expand_paths(paths, key)
-  metas = [read_meta(p) for p in files]
+  paths_found = [str(p) for p in sources.expand_paths(paths, key, 'arrayrecord', 'ArrayRecord file',
+                                                         (META_SUFFIX, INDEX_SUFFIX))]
+  metas = [read_meta(p) for p in paths_found]
   first = metas[0]
-  for p, m in zip(files, metas):
+  for p, m in zip(paths_found, metas):
     for k in ('tokenizer', 'vocab_size', 'dtype'):
       if m[k] != first[k]:
-        raise ValueError(f'{key}: ArrayRecord file {p} has {k}={m[k]!r} but {files[0]} has '
+        raise ValueError(f'{key}: ArrayRecord file {p} has {k}={m[k]!r} but {paths_found[0]} has '
                          f'{first[k]!r}; the files of a split must share one tokenizer.')
     if vocab_size is not None and m['vocab_size'] > vocab_size:
       raise ValueError(f'{key}: ArrayRecord file {p} was written for a vocabulary of '
                        f'{m["vocab_size"]} ids (tokenizer {m["tokenizer"]!r}), more than '
                        f'model.vocab_size={vocab_size}; raise model.vocab_size.')
-  with concurrent.futures.ThreadPoolExecutor(min(_OPEN_THREADS, len(files))) as pool:
-    list(pool.map(lambda pm: _check_reader(pm[0], pm[1]['n_records']), zip(files, metas)))
-    lengths = list(pool.map(lambda pm: read_index(*pm), zip(files, metas)))
-  unknown = [p for p, m in zip(files, metas) if m['n_bytes'] == 0 and m['n_tokens']]
+  with concurrent.futures.ThreadPoolExecutor(min(_OPEN_THREADS, len(paths_found))) as pool:
+    list(pool.map(lambda pm: _check_reader(pm[0], pm[1]['n_records']), zip(paths_found, metas)))
+    lengths = list(pool.map(lambda pm: read_index(*pm), zip(paths_found, metas)))
+  unknown = [p for p, m in zip(paths_found, metas) if m['n_bytes'] == 0 and m['n_tokens']]
   if unknown:
     log.warning('%s: %d file(s) do not record their UTF-8 bytes (n_bytes=0), e.g. %s; bits '
                 'per byte is off for this split.', key, len(unknown), unknown[0])
-  stream = TokenStream(files, lengths, first['dtype'], first['vocab_size'])
+  stream = TokenStream(paths_found, lengths, first['dtype'], first['vocab_size'])
   return tokens_lib.TokenFile(
       path=paths, tokens=stream, vocab_size=int(first['vocab_size']),
       n_bytes=0 if unknown else sum(m['n_bytes'] for m in metas),
       n_docs=sum(m['n_docs'] for m in metas), tokenizer_name=first['tokenizer'])
 
 
-def prepare_splits(data_cfg, *, vocab_size: int) -> corpus.Splits:
+def prepare_splits(data_cfg, *, vocab_size: int) -> sources.Splits:
   """The train (data.paths) and validation (data.val_paths) splits of ArrayRecord files."""
   paths, val_paths = data_cfg.get('paths', ''), data_cfg.get('val_paths', '')
   if not paths.strip():
@@ -384,7 +347,7 @@ def prepare_splits(data_cfg, *, vocab_size: int) -> corpus.Splits:
   for s, f in (('train', train), ('val', val)):
     log.info('%s split: %d ArrayRecord files, %d records, %d documents, %d tokens (%s)', s,
              len(f.tokens.paths), f.tokens.n_records, f.n_docs, len(f.tokens), f.tokenizer_name)
-  return corpus.Splits(train, val, train.tokenizer_name, manifest)
+  return sources.Splits(train, val, train.tokenizer_name, manifest)
 
 
 # ----------------------------------------------------------------- writing.
@@ -430,7 +393,6 @@ def write_arrayrecord(path, docs: Iterable, *, vocab_size: int, tokenizer_name: 
     raise ValueError(f'write_arrayrecord: needs docs_per_record >= 1, max_record_tokens >= 0, '
                      f'vocab_size >= 1, n_bytes >= 0; got {docs_per_record}, {max_record_tokens}, '
                      f'{vocab_size}, {n_bytes}.')
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   dtype = tokens_lib.dtype_for_vocab(vocab_size)
   lengths, pending = [], []

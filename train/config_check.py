@@ -1,25 +1,27 @@
 """Validate a whole run config once, before anything is compiled.
 
 `validate(config, n_devices)` collects every problem it can find and raises a
-single `ConfigError` whose message names each offending key. Nothing here
-touches a device: the model is shape-evaluated only (`nnx.eval_shape`).
+single `ConfigError` whose message names each offending key. Each block has
+its own check (`model_errors`, `data_errors`, `optim_errors`, `length_errors`,
+`mesh_errors`, `shape_errors`). Nothing here touches a device: the model is
+shape-evaluated only (`nnx.eval_shape`).
 """
 
 import math
 
 import ml_collections
+from flax import nnx
 
+from configs.load import ConfigError  # noqa: F401  (re-exported: the error of every config check)
 from model import sharding
-from train.corpus import VALID_SOURCES as SOURCES
+from model.counts import planned_steps
+from model.transformer import Transformer
+from train.sources import VALID_SOURCES
 
 REMATS = ('none', 'full', 'dots', 'dots_no_batch')
 DTYPES = ('float32', 'bfloat16', 'float16')
 TOKENIZERS = ('byte', 'bpe')
 ATTENTION_IMPLS = ('xla', 'cudnn', None)
-
-
-class ConfigError(ValueError):
-  """An invalid config; the message lists every problem, each naming its key."""
 
 
 def _positive_ints(c, section: str, keys, errors):
@@ -60,29 +62,29 @@ def model_errors(m) -> list[str]:
   return errors
 
 
-def validate(config: ml_collections.ConfigDict, n_devices: int,
-             n_processes: int = 1) -> dict[str, int]:
-  """Check `config` for a run on `n_devices` in `n_processes`; return the resolved mesh shape.
-
-  Raises ConfigError listing every problem found.
-  """
-  errors = model_errors(config.model)
-  c = config
+def data_errors(d) -> list[str]:
+  """Problems with the `data` block."""
+  errors = []
+  c = {'data': d}
   _positive_ints(c, 'data', ('seq_len', 'global_batch_size', 'synthetic_tokens'), errors)
-  _choice(c, 'data', 'source', SOURCES, errors)
+  _choice(c, 'data', 'source', VALID_SOURCES, errors)
   _choice(c, 'data', 'tokenizer', TOKENIZERS, errors)
-  if c.data.source == 'files' and not c.data.paths:
+  if d.source == 'files' and not d.paths:
     errors.append("data.paths is empty but data.source='files' needs files or globs")
-  if c.data.source == 'arrayrecord':  # Pre-tokenized ArrayRecord files (train/arrayrecord.py).
+  if d.source == 'arrayrecord':  # Pre-tokenized ArrayRecord files (train/arrayrecord.py).
     for k in ('paths', 'val_paths'):
-      if not c.data.get(k):
+      if not d.get(k):
         errors.append(f"data.{k} is empty but data.source='arrayrecord' needs ArrayRecord files or globs")
-  if not 0 < c.data.val_fraction < 1:
-    errors.append(f'data.val_fraction={c.data.val_fraction}: must be in (0, 1)')
-  if c.data.worker_count < 0:
-    errors.append(f'data.worker_count={c.data.worker_count}: must be >= 0')
+  if not 0 < d.val_fraction < 1:
+    errors.append(f'data.val_fraction={d.val_fraction}: must be in (0, 1)')
+  if d.worker_count < 0:
+    errors.append(f'data.worker_count={d.worker_count}: must be >= 0')
+  return errors
 
-  o = c.optim
+
+def optim_errors(o) -> list[str]:
+  """Problems with the `optim` block."""
+  errors = []
   for k in ('lr', 'b1', 'b2', 'eps'):
     if not o[k] > 0:
       errors.append(f'optim.{k}={o[k]!r}: must be > 0')
@@ -96,8 +98,13 @@ def validate(config: ml_collections.ConfigDict, n_devices: int,
     errors.append(f'optim.warmup_fraction={o.warmup_fraction}: must be in [0, 1)')
   if not 0 <= o.min_lr_ratio <= 1:
     errors.append(f'optim.min_lr_ratio={o.min_lr_ratio}: must be in [0, 1]')
+  return errors
 
-  t = c.train
+
+def length_errors(c, earlier_errors: list[str]) -> list[str]:
+  """Problems with the run length and the `train` block (the warmup needs a valid config to plan)."""
+  errors = []
+  t, o = c.train, c.optim
   lengths = [k for k in ('steps', 'tokens', 'flops') if t[k] != 0]
   for k in ('steps', 'tokens', 'flops'):
     if t[k] < 0:
@@ -105,9 +112,8 @@ def validate(config: ml_collections.ConfigDict, n_devices: int,
   if len(lengths) != 1:
     errors.append('train.steps, train.tokens, train.flops: set exactly one of them > 0 '
                   f'(got {", ".join(f"train.{k}={t[k]}" for k in ("steps", "tokens", "flops"))})')
-  elif o.warmup_steps > 0 and not errors:
-    from train.optim import planned_steps  # Local: optim imports optax.
-    steps = planned_steps(config)
+  elif o.warmup_steps > 0 and not earlier_errors and not errors:
+    steps = planned_steps(c)
     if o.warmup_steps >= steps:
       errors.append(f'optim.warmup_steps={o.warmup_steps} is not below the {steps} planned steps: '
                     'the run would end before its learning rate decays')
@@ -115,31 +121,56 @@ def validate(config: ml_collections.ConfigDict, n_devices: int,
   for k in ('checkpoint_every', 'peak_flops'):
     if t[k] < 0:
       errors.append(f'train.{k}={t[k]}: must be >= 0')
+  return errors
 
+
+def mesh_errors(c, n_devices: int, n_processes: int) -> tuple[dict[str, int] | None, list[str]]:
+  """(resolved mesh shape or None, problems) of the `mesh` block against devices and processes."""
   try:
     mesh = sharding.resolve_mesh_shape(c.mesh, n_devices)
   except ValueError as e:
-    errors.append(str(e))
-    mesh = None
-  if mesh is not None:
-    batch_shards = math.prod(mesh[a] for a in dict(sharding.RULES)['batch'])
-    if c.data.global_batch_size % batch_shards:
-      errors.append(f'data.global_batch_size={c.data.global_batch_size} is not divisible by the '
-                    f'batch-sharding mesh axes data*fsdp*expert={batch_shards}')
-    if batch_shards % n_processes:
-      errors.append(f'mesh: the batch-sharding axes data*fsdp*expert={batch_shards} must be a '
-                    f'multiple of the {n_processes} processes (each process feeds its own rows); '
-                    'shard mesh.tensor within a host')
-    if not any(e.startswith('model.') for e in errors):
-      errors += [f'{e} (check model.* sizes against mesh.*)'
-                 for e in sharding.divisibility_errors(_abstract_params(c.model), mesh)]
+    return None, [str(e)]
+  errors = []
+  batch_shards = math.prod(mesh[a] for a in dict(sharding.RULES)['batch'])
+  if c.data.global_batch_size % batch_shards:
+    errors.append(f'data.global_batch_size={c.data.global_batch_size} is not divisible by the '
+                  f'batch-sharding mesh axes data*fsdp*expert={batch_shards}')
+  if batch_shards % n_processes:
+    errors.append(f'mesh: the batch-sharding axes data*fsdp*expert={batch_shards} must be a '
+                  f'multiple of the {n_processes} processes (each process feeds its own rows); '
+                  'shard mesh.tensor within a host')
+  return mesh, errors
+
+
+def shape_errors(abstract_params, mesh_shape: dict[str, int]) -> list[str]:
+  """Parameter dimensions not divisible by the mesh axes they are sharded over."""
+  return [f'{e} (check model.* sizes against mesh.*)'
+          for e in sharding.divisibility_errors(abstract_params, mesh_shape)]
+
+
+def raise_if(errors: list[str]) -> None:
   if errors:
     raise ConfigError('invalid config:\n  - ' + '\n  - '.join(errors))
+
+
+def validate(config: ml_collections.ConfigDict, n_devices: int, n_processes: int = 1,
+             check_shapes: bool = True) -> dict[str, int]:
+  """Check `config` for a run on `n_devices` in `n_processes`; return the resolved mesh shape.
+
+  Raises ConfigError listing every problem found. `check_shapes=False` skips
+  the sharded-dimension check, which needs the model's abstract parameters:
+  the training loop runs `shape_errors` on the one abstract trace it builds.
+  """
+  errors = model_errors(config.model) + data_errors(config.data) + optim_errors(config.optim)
+  errors += length_errors(config, errors)
+  mesh, errs = mesh_errors(config, n_devices, n_processes)
+  errors += errs
+  if check_shapes and mesh is not None and not any(e.startswith('model.') for e in errors):
+    errors += shape_errors(_abstract_params(config.model), mesh)
+  raise_if(errors)
   return mesh
 
 
 def _abstract_params(model_cfg):
-  from flax import nnx  # Local: keeps `import train.config_check` light.
-  from model.transformer import Transformer
   abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
   return nnx.state(abstract, nnx.Param)

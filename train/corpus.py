@@ -29,7 +29,6 @@ documents, at least one, to validation, chosen by a seeded hash of the text.
 import contextlib
 import dataclasses
 import fnmatch
-import glob as globlib
 import hashlib
 import io
 import json
@@ -47,14 +46,16 @@ import zlib
 from typing import Iterable, Iterator
 
 import numpy as np
+from etils import epath
 
 from train import files
+from train import sources
 from train import tokenizer as tok_lib
 from train import tokens as tokens_lib
+from train.sources import Splits
 
 log = logging.getLogger(__name__)
 
-VALID_SOURCES = ('synthetic', 'builtin', 'files', 'arrayrecord')  # 'synthetic': train/data.py; 'arrayrecord': train/arrayrecord.py.
 MAX_DOC_BYTES = 1 << 16  # Longer texts are cut at paragraph breaks into ~64 KiB documents.
 _PIPELINE_VERSION = 1  # Bump when normalising, chunking or splitting changes.
 
@@ -100,21 +101,6 @@ SOURCES = {s.name: s for s in (
            'BBC articles, for non-commercial research only', '2,225 BBC News articles (2004-05)',
            default=False),
 )}
-
-
-@dataclasses.dataclass
-class Splits:
-  """Tokenized train and validation splits.
-
-  Attributes:
-    train, val: the token files.
-    tokenizer_name: 'byte' or 'bpe-VOCAB-HASH8' (see tokenizer.load_tokenizer).
-    manifest: sources, licences, document/byte/token counts (for the run log).
-  """
-  train: tokens_lib.TokenFile
-  val: tokens_lib.TokenFile
-  tokenizer_name: str
-  manifest: dict
 
 
 class FetchError(RuntimeError):
@@ -249,11 +235,11 @@ def download(src: Source, dest_dir: str, timeout_s: float = 600) -> str:
             '--loglevel', 'error'], timeout_s)
     else:
       raise ValueError(f'Source {src.name}: unknown registry {src.registry!r}.')
-    files = [f for f in os.listdir(tmp) if not f.startswith('.')]
-    if len(files) != 1:
-      raise FetchError(f'expected one archive from {src.registry}, got {files}')
-    path = os.path.join(dest_dir, files[0])
-    os.replace(os.path.join(tmp, files[0]), path)
+    fetched = [f for f in os.listdir(tmp) if not f.startswith('.')]
+    if len(fetched) != 1:
+      raise FetchError(f'expected one archive from {src.registry}, got {fetched}')
+    path = os.path.join(dest_dir, fetched[0])
+    os.replace(os.path.join(tmp, fetched[0]), path)
   return path
 
 
@@ -427,39 +413,6 @@ def _builtin_strata(manifest: dict) -> list[list[str]]:
 # ----------------------------------------------------------- your own files.
 
 
-def expand_paths(paths: str) -> list:
-  """data.paths (comma-separated files or globs, local or gs://) -> sorted epath.Paths."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  out = []
-  for p in (p.strip() for p in paths.split(',')):
-    if not p:
-      continue
-    if any(c in p for c in '*?['):
-      matches = _glob(p)
-      if not matches:
-        raise FileNotFoundError(f'data.paths: pattern {p!r} matches no file.')
-      out.extend(matches)
-    else:
-      path = epath.Path(p)
-      if not path.exists():
-        raise FileNotFoundError(f'data.paths: {p} does not exist.')
-      out.append(path)
-  if not out:
-    raise ValueError("data.source='files' needs data.paths (comma-separated files or globs).")
-  return out
-
-
-def _glob(pattern: str) -> list:
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  if '://' not in pattern:
-    return [epath.Path(p) for p in sorted(globlib.glob(os.path.expanduser(pattern)))]
-  head, _, rest = pattern.partition('://')
-  parts = rest.split('/')
-  i = next(i for i, s in enumerate(parts) if any(c in s for c in '*?['))
-  base = epath.Path(f'{head}://' + '/'.join(parts[:i]))
-  return sorted(base.glob('/'.join(parts[i:])))
-
-
 def _read_bytes(path) -> bytes:
   try:
     return path.read_bytes()
@@ -512,13 +465,12 @@ def _file_stat(path) -> dict:
 
 def files_manifest(paths: str) -> dict:
   """The manifest of data.source='files': each file's path, size and mtime."""
-  files = [_file_stat(p) for p in expand_paths(paths)]
-  return dict(source='files', files=files, max_doc_bytes=MAX_DOC_BYTES,
+  stats = [_file_stat(p) for p in sources.expand_paths(paths, 'data.paths', 'files')]
+  return dict(source='files', files=stats, max_doc_bytes=MAX_DOC_BYTES,
               pipeline=_PIPELINE_VERSION)
 
 
 def _files_strata(manifest: dict) -> list[list[str]]:
-  from etils import epath  # pylint: disable=g-import-not-at-top
   docs = []
   for f in manifest['files']:
     texts = read_file_texts(epath.Path(f['path']))
@@ -554,7 +506,7 @@ def _cache_lock(cache_dir: str):
   """An exclusive fcntl lock on CACHE/.prepare.lock (one preparer per host at a time)."""
   os.makedirs(cache_dir, exist_ok=True)
   try:
-    import fcntl  # pylint: disable=g-import-not-at-top
+    import fcntl  # Local and optional: POSIX only.
   except ImportError:  # Not POSIX: rely on the atomic renames alone.
     yield
     return
@@ -580,12 +532,12 @@ def prepare_splits(data_cfg, *, vocab_size: int, seed: int) -> Splits:
     Splits; a second call with the same arguments reuses the cached files.
   """
   source = data_cfg.source
-  if source == 'arrayrecord':  # Pre-tokenized files: nothing to build, split or cache.
-    from train import arrayrecord  # pylint: disable=g-import-not-at-top
-    return arrayrecord.prepare_splits(data_cfg, vocab_size=vocab_size)
+  if source not in sources.VALID_SOURCES:
+    raise ValueError(f'data.source={source!r} is not one of '
+                     f'{", ".join(map(repr, sources.VALID_SOURCES))}.')
   if source not in ('builtin', 'files'):
-    raise ValueError(f'data.source={source!r} is not one of {", ".join(map(repr, VALID_SOURCES))} '
-                     "('synthetic' is handled by train/data.py).")
+    raise ValueError(f"data.source={source!r}: train/corpus.py prepares 'builtin' and 'files' "
+                     '(train/data.py.prepare_splits switches between all sources).')
   cache_dir = tok_lib.default_cache_dir(data_cfg.get('cache_dir', ''))
   with _cache_lock(cache_dir):
     if source == 'builtin':
@@ -612,8 +564,8 @@ def _tokenize_splits(manifest, data_cfg, cache_dir, vocab_size, seed) -> Splits:
   out = os.path.join(cache_dir, 'tokens', f'{manifest["source"]}-{_key(split_key)[:12]}-{tok_name}')
   paths = {s: os.path.join(out, f'{s}.bin') for s in ('train', 'val')}
   if os.path.exists(os.path.join(out, 'manifest.json')):
-    files = {s: tokens_lib.open_token_file(p) for s, p in paths.items()}
-    return Splits(files['train'], files['val'], tok_name, _read_json(os.path.join(out, 'manifest.json')))
+    opened = {s: tokens_lib.open_token_file(p) for s, p in paths.items()}
+    return Splits(opened['train'], opened['val'], tok_name, _read_json(os.path.join(out, 'manifest.json')))
 
   strata = (_builtin_strata if manifest['source'] == 'builtin' else _files_strata)(manifest)
   train_docs, val_docs = split_docs(strata, val_fraction, seed)
@@ -626,14 +578,14 @@ def _tokenize_splits(manifest, data_cfg, cache_dir, vocab_size, seed) -> Splits:
                                     train_docs=lambda: train_docs, what=what)
   assert tokenizer.name == tok_name, (tokenizer.name, tok_name)
   log.info('tokenizer %s ready [%.1f s]', tok_name, time.perf_counter() - t0)
-  files = {s: tokens_lib.write_token_file(paths[s], d, tokenizer, desc=f'tokenize {s}', total=len(d))
+  written = {s: tokens_lib.write_token_file(paths[s], d, tokenizer, desc=f'tokenize {s}', total=len(d))
            for s, d in (('val', val_docs), ('train', train_docs))}
   summary = dict(manifest, tokenizer=tok_name, seed=seed, val_fraction=val_fraction,
                  splits={s: dict(n_docs=f.n_docs, n_bytes=f.n_bytes, n_tokens=len(f.tokens))
-                         for s, f in files.items()})
+                         for s, f in written.items()})
   # The manifest goes last: it marks the folder complete for the fast path above.
   _write_json(os.path.join(out, 'manifest.json'), summary)
-  for s, f in files.items():
+  for s, f in written.items():
     log.info('%s split: %d documents, %d bytes, %d tokens (%s)', s, f.n_docs, f.n_bytes,
              len(f.tokens), tok_name)
-  return Splits(files['train'], files['val'], tok_name, summary)
+  return Splits(written['train'], written['val'], tok_name, summary)

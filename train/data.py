@@ -14,8 +14,9 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from model import sharding
+from train import arrayrecord
 from train import corpus
-from train.corpus import Splits
+from train.sources import Splits
 from train.tokens import TokenFile
 
 
@@ -108,8 +109,14 @@ def synthetic_stream(vocab_size: int, n_tokens: int, seed: int, branching: int =
 
 
 def prepare_splits(config) -> Splits:
-  """Train and validation token files for `config.data` (synthetic ones are in memory)."""
+  """Train and validation token files for `config.data`: the one switch over data sources.
+
+  'synthetic' is generated here (in memory), 'builtin' and 'files' are built or
+  reused by train/corpus.py, 'arrayrecord' files are opened by train/arrayrecord.py.
+  """
   d = config.data
+  if d.source == 'arrayrecord':  # Pre-tokenized files: nothing to build, split or cache.
+    return arrayrecord.prepare_splits(d, vocab_size=config.model.vocab_size)
   if d.source == 'synthetic':
     v = config.model.vocab_size
     n_val = max(d.synthetic_tokens // 20, (d.seq_len + 1) * d.global_batch_size)
@@ -118,4 +125,4 @@ def prepare_splits(config) -> Splits:
                                 tokenizer_name='synthetic')
     return Splits(mk(stream[:d.synthetic_tokens]), mk(stream[d.synthetic_tokens:]), 'synthetic',
                   {'source': 'synthetic', 'tokens': int(stream.size)})
-  return corpus.prepare_splits(d, vocab_size=config.model.vocab_size, seed=config.seed)
+  return corpus.prepare_splits(d, vocab_size=config.model.vocab_size, seed=config.seed)  # Or: unknown.

@@ -1,24 +1,9 @@
 """Run length, learning-rate schedule and the optax optimizer."""
 
-import math
-
 import jax
 import optax
 
-from model.counts import param_counts
-
-
-def planned_steps(config) -> int:
-  """Optimizer steps from whichever of train.steps / train.tokens / train.flops is set.
-
-  A FLOP budget C becomes tokens D = C / (6 N) with N = params with head.
-  """
-  t, d = config.train, config.data
-  tokens_per_step = d.global_batch_size * d.seq_len
-  if t.steps:
-    return int(t.steps)
-  tokens = t.tokens or t.flops / (6 * param_counts(config.model).with_head)
-  return max(1, math.ceil(tokens / tokens_per_step))
+from model.counts import planned_steps
 
 
 def schedule(config) -> optax.Schedule:

@@ -4,7 +4,7 @@ The model and its optimizer live in one `nnx.State` (`state`), split from a
 `graphdef` once; the steps merge, update and split again inside `jax.jit`,
 so the host does no per-step graph traversal. Shardings of the state come from
 the logical-axis rules table (`model.sharding.RULES`), the same for params and
-optimizer moments. `scaling/flops.py` lowers the same functions to measure the
+optimizer moments. `train/cost.py` lowers the same functions to measure the
 compiled program.
 """
 
@@ -44,18 +44,17 @@ def _create(config):
 
 @dataclasses.dataclass
 class Program:
-  """Everything compiled for one config on one mesh."""
+  """Everything compiled for one config on one mesh, from one abstract trace of the model."""
   graphdef: nnx.GraphDef
+  abstract_state: object  # The state as ShapeDtypeStructs carrying their shardings (nothing allocated).
   state_sharding: object  # Pytree of NamedSharding matching the state.
   batch_sharding: NamedSharding
   train_step: Callable  # (state, batch) -> (state, metrics); donates state.
   eval_step: Callable  # (state, batch) -> summed nats over the batch's tokens.
 
-  def abstract_state(self, config):
-    """The state as ShapeDtypeStructs carrying their shardings (nothing allocated)."""
-    shapes = jax.eval_shape(lambda: nnx.split(_create(config))[1])
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        shapes, self.state_sharding)
+  def abstract_params(self):
+    """The model's parameters of `abstract_state` (for shape checks)."""
+    return nnx.filter_state(self.abstract_state[0], nnx.Param)  # State of (model, optimizer).
 
   def abstract_batch(self, config):
     d = config.data
@@ -65,11 +64,13 @@ class Program:
 
 
 def build(config, mesh) -> Program:
-  """Trace the state's structure (no allocation) and jit the steps for `mesh`."""
+  """Trace the state's structure once (no allocation) and jit the steps for `mesh`."""
   with sharding.use_mesh(mesh):
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: _create(config)))
     specs = sharding.spec_tree(abstract)
   state_sharding = jax.tree.map(lambda p: NamedSharding(mesh, p), specs)
+  abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                abstract, state_sharding)
   batch_sharding = data_lib.batch_sharding(mesh)
   sched = optim.schedule(config)
   z_w = config.optim.z_loss
@@ -90,7 +91,8 @@ def build(config, mesh) -> Program:
 
   b = {'inputs': batch_sharding, 'targets': batch_sharding}
   return Program(
-      graphdef=graphdef, state_sharding=state_sharding, batch_sharding=batch_sharding,
+      graphdef=graphdef, abstract_state=abstract_state, state_sharding=state_sharding,
+      batch_sharding=batch_sharding,
       train_step=jax.jit(train_step, in_shardings=(state_sharding, b),
                          out_shardings=(state_sharding, None), donate_argnums=0),
       eval_step=jax.jit(eval_step, in_shardings=(state_sharding, b)))
