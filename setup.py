@@ -32,5 +32,7 @@ setup(
         'tensorboard': ['tensorboard>=2.18'],  # Only to view the logs: `tensorboard --logdir DIR`.
         # Only for scaling.aot (compile for TPU topologies on a CPU): the libtpu matching jax.
         'tpu-aot': ['jax[tpu]'],
+        # Only for `launch.sweep --backend ray`; tested with ray 2.40.0 and 2.60.0 (Python 3.11).
+        'ray': ['ray[default]>=2.40,<3'],
     },
 )

@@ -22,6 +22,7 @@ import numpy as np
 from absl import flags
 
 from configs import cli
+from configs.hardware import chip_for_device_kind
 from model import counts, sharding
 from train import config_check
 from train import cost
@@ -89,6 +90,8 @@ def run(config, steps: int, depths: list[int], matmul_n: int) -> dict:
       'compile_seconds': compile_s, 'step_seconds_median': step_s, 'timed_steps': steps,
       'tokens_per_sec': tps, 'model_flops_per_sec': model_flops,
       'mfu': model_flops / (peak * n_dev),
+      'mfu_published_peak': (model_flops / (chip.peak_flops * n_dev)
+                             if (chip := chip_for_device_kind(jax.devices()[0].device_kind)) else None),
       'peak_memory_bytes_per_device': peak_mem,
       'compile_seconds_by_layers_scanned': depth_rows,
       'config': {'n_layers': config.model.n_layers, 'd_model': config.model.d_model,
@@ -109,6 +112,8 @@ def format_results(r: dict) -> str:
       ('tokens/s', f"{r['tokens_per_sec']:,.0f}"),
       ('achieved model FLOP/s (6N + 12LHQT)', f"{r['model_flops_per_sec']:.4g}"),
       ('MFU (vs measured matmul peak)', f"{100 * r['mfu']:.1f}%"),
+      ('MFU (vs published bf16 peak)',
+       'n/a' if r['mfu_published_peak'] is None else f"{100 * r['mfu_published_peak']:.1f}%"),
       ('peak memory per device (memory_analysis)',
        'n/a' if r['peak_memory_bytes_per_device'] is None else f"{r['peak_memory_bytes_per_device'] / 1e6:.1f} MB"),
   ]

@@ -29,6 +29,24 @@ def get_config() -> ml_collections.ConfigDict:
   m.remat = 'none'  # Recompute policy per block: 'none', 'full', 'dots' (save matmul outputs), 'dots_no_batch'.
   m.scan_layers = True  # Stack layers with nnx.scan (compile time flat in depth); False unrolls (for FLOP checks).
   m.attention_impl = 'xla'  # jax.nn.dot_product_attention implementation: 'xla', 'cudnn' or None (let JAX pick).
+  m.attention = 'gqa'  # 'gqa' (grouped-query; MHA when n_kv_heads == n_heads) or 'mla' (DeepSeek-V2 latent attention; n_kv_heads unused).
+  m.mla_kv_rank = 64  # MLA: rank C of the joint key/value latent (cached per token and layer with the RoPE key).
+  m.mla_q_rank = 0  # MLA: rank of the query latent; 0 = queries straight from the residual stream.
+  m.mla_rope_dim = 16  # MLA: head size of the decoupled RoPE query/key part (one RoPE key per token, shared by the heads); even.
+  # Mixture-of-Experts (model/moe.py); moe_num_experts = 0 keeps the dense SwiGLU MLP everywhere.
+  m.moe_num_experts = 0  # Routed experts E per MoE layer; 0 = dense model.
+  m.moe_top_k = 2  # Routed experts per token k (<= moe_num_experts).
+  m.moe_d_expert = 0  # Hidden width of each expert; 0 = d_ff // moe_granularity.
+  m.moe_granularity = 1  # G = d_ff / d_expert (Krajewski et al. 2024); used when moe_d_expert == 0, must divide d_ff.
+  m.moe_shared_experts = 0  # Always-on shared experts (DeepSeek style), each of the expert width.
+  m.moe_every = 1  # After the dense prefix, every moe_every-th layer is MoE (1 = all of them).
+  m.moe_first_dense = 0  # The first n layers keep the dense MLP.
+  m.moe_routing = 'softmax'  # 'softmax' (top-k, renormalised weights) or 'sigmoid' (aux-loss-free bias balancing).
+  m.moe_dispatch = 'dropless'  # 'dropless' (sort + ragged_dot), 'capacity' (drops over capacity) or 'dense' (reference).
+  m.moe_capacity_factor = 1.25  # Capacity path: each expert takes ceil(factor * T * k / E) assignments per sequence.
+  m.moe_load_balance_weight = 0.01  # Weight of the Switch load-balancing loss in the training loss.
+  m.moe_router_z_weight = 0.001  # Weight of the router z-loss mean(logsumexp(router logits)^2).
+  m.moe_bias_update_rate = 0.001  # Sigmoid routing: per-step bias change by the sign of each expert's load error.
 
   # ---- Data (see train/data.py and train/corpus.py).
   d = c.data = ml_collections.ConfigDict()
@@ -44,9 +62,12 @@ def get_config() -> ml_collections.ConfigDict:
   d.synthetic_tokens = 2_000_000  # For source='synthetic': tokens generated (train; validation gets 5%).
   d.worker_count = 0  # grain worker processes (0 = in the main process).
 
-  # ---- Optimisation (optax AdamW, warmup then cosine to min_lr_ratio * peak).
+  # ---- Optimisation (optax AdamW, warmup then cosine or warmup-stable-decay to min_lr_ratio * peak).
   o = c.optim = ml_collections.ConfigDict()
   o.lr = 3e-3  # Peak learning rate.
+  o.schedule = 'cosine'  # 'cosine' (decay over the whole run) or 'wsd' (warmup, constant, then decay).
+  o.decay_fraction = 0.2  # WSD: the final fraction of the steps that decays (Hägele et al.: 10-20%).
+  o.decay_shape = '1-sqrt'  # WSD decay shape: 'linear', 'cosine' or '1-sqrt' (Hägele et al.'s best).
   o.warmup_steps = 0  # Linear warmup steps; 0 = use warmup_fraction.
   o.warmup_fraction = 0.05  # Warmup as a fraction of the planned steps (used when warmup_steps == 0).
   o.min_lr_ratio = 0.1  # Cosine decays to this fraction of the peak at the planned end (Chinchilla: 10x).
@@ -63,11 +84,17 @@ def get_config() -> ml_collections.ConfigDict:
   t.tokens = 0  # Or: a token budget D; steps = ceil(D / (B * T)).
   t.flops = 0.0  # Or: a FLOP budget C; D = C / (6 N), N = params with head.
   t.eval_every = 100  # Steps between evaluations (and at the end).
+  t.steps_per_call = 1  # Optimizer steps per jitted call (a lax.scan; K > 1 cuts dispatch); 0 = auto (>= 50 ms per call).
   t.eval_batches = 8  # Batches of validation windows per evaluation.
   t.log_every = 10  # Steps between console/TensorBoard train logs.
   t.checkpoint_every = 200  # Steps between orbax checkpoints (and at the end); 0 disables.
   t.keep_checkpoints = 2  # Most recent checkpoints kept.
   t.peak_flops = 0.0  # Peak FLOP/s per device for MFU; 0 = look up device_kind (CPU: measured at start).
+  t.nonfinite = 'stop'  # A non-finite loss or gradient norm: 'stop' (keep the last good checkpoint) or 'skip' the update.
+  t.max_skips = 10  # With nonfinite='skip': stop after this many skipped updates.
+  t.poison_step = 0  # Test hook: make the gradients of this step NaN (0 = off).
+  t.checkpoint_steps = ''  # Extra steps to checkpoint and keep, comma-separated (cooldown branch points).
+  t.init_from = ''  # 'PARENT_WORKDIR:STEP': start from that run's checkpoint (a WSD cooldown branch).
 
   # ---- Device mesh: product must equal the device count; -1 = "the rest".
   s = c.mesh = ml_collections.ConfigDict()

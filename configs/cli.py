@@ -24,7 +24,19 @@ from ml_collections import config_flags
 
 from configs.load import ConfigError
 
-USAGE_ERROR = 2  # Exit status of every bad flag, config key or input file.
+# Exit statuses of every command (README "Exit statuses"). 1 is a bug: it comes with a traceback.
+USAGE_ERROR = 2  # A bad flag, config key, config file, workdir or input file.
+NONFINITE = 3  # Training stopped on a non-finite loss or gradient norm; the last good checkpoint is kept.
+STORAGE_ERROR = 4  # A write failed (disk full, permission denied); the previous checkpoint is kept.
+PREEMPTED = 75  # SIGTERM/SIGINT: a checkpoint was saved; rerunning the same command resumes (EX_TEMPFAIL).
+
+
+class Stop(Exception):
+  """A run that stops for a known reason: one message, the exit status `status`, no traceback."""
+
+  def __init__(self, message: str, status: int):
+    super().__init__(message)
+    self.status = status
 
 
 def fail(message: str, status: int = USAGE_ERROR):
@@ -53,13 +65,19 @@ def _override_keys(argv) -> list[str]:
 
 
 def unknown_override(argv, error: Exception) -> str:
-  """The message for an unknown `--config.a.b` key: the one override at fault, when it can be told."""
-  keys = _override_keys(argv)
-  names = set(re.findall(r"'([^']+)'", str(error))) | {str(error).strip("'\"")}
-  culprits = [k for k in keys if k.split('.')[-1] in names or k.split('.', 1)[-1] in names]
-  shown = culprits[:1] or keys
-  return f'unknown config key in {", ".join("--" + k for k in shown) or "a --config override"}: {error}'
+  """The message for an unknown `--config.a.b` key: the one override at fault, when it can be told.
 
+  ml_collections names the missing key first in its message (then, maybe, a
+  suggestion): the override whose last part appears there first is the culprit.
+  """
+  keys = _override_keys(argv)
+  text = str(error)
+  where = {k: m.start() for k in keys
+           if (m := re.search(rf'(?<![A-Za-z0-9_]){re.escape(k.split(".")[-1])}(?![A-Za-z0-9_])', text))}
+  shown = [min(where, key=where.get)] if where else keys
+  hint = re.search(r'Did you mean "([^"]+)"', text)
+  return (f'unknown config key in {", ".join("--" + k for k in shown) or "a --config override"}'
+          + (f' (did you mean {hint.group(1)!r}?)' if hint else f': {text}'))
 
 
 def _parse(argv):
@@ -69,8 +87,25 @@ def _parse(argv):
     fail(str(e))
   except (KeyError, AttributeError) as e:  # Unknown key in a --config.a.b=v override.
     fail(unknown_override(argv, e))
+  except OSError as e:
+    fail(_config_file_error(e))
   except (TypeError, ValueError) as e:
     fail(f'bad --config override: {e}')
+
+
+def _config_file_error(e: OSError) -> str:
+  """One line for a --config file that config_flags could not load (missing, or failed to import)."""
+  lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+  return f'--config: cannot load the config file: {lines[-1] if lines else e}'
+
+
+def _load_config_flag() -> None:
+  """config_flags defers a bad --config file to the first access: fail cleanly there."""
+  if 'config' in flags.FLAGS:
+    try:
+      flags.FLAGS.config.keys()  # A placeholder that failed to load raises here.
+    except OSError as e:
+      fail(_config_file_error(e))
 
 
 def _bare_json(argv: list[str]) -> list[str]:
@@ -91,26 +126,39 @@ def _bare_json(argv: list[str]) -> list[str]:
 
 
 def run_absl(main) -> None:
-  """app.run(main) with clean flag errors and ConfigError -> 'error: ...', exit 2."""
+  """app.run(main) with clean flag errors, ConfigError -> exit 2 and `Stop` -> its status.
+
+  `--debug` (where the entry point defines it) shows the traceback instead.
+  """
   sys.argv = _bare_json(sys.argv)
 
   def wrapped(argv):
     if len(argv) > 1:
       fail(f'unexpected arguments: {" ".join(argv[1:])}')
+    debug = 'debug' in flags.FLAGS and flags.FLAGS.debug
+    _load_config_flag()
     try:
       main(argv)
     except ConfigError as e:
+      if debug:
+        raise
       fail(str(e))
+    except Stop as e:
+      if debug:
+        raise
+      fail(str(e), e.status)
 
   app.run(wrapped, flags_parser=_parse)
 
 
 def run_argparse(main) -> None:
-  """sys.exit(main()), with a ConfigError turned into 'error: ...', exit 2."""
+  """sys.exit(main()), with a ConfigError turned into 'error: ...', exit 2, and `Stop` into its status."""
   try:
     status = main()
   except ConfigError as e:
     fail(str(e))
+  except Stop as e:
+    fail(str(e), e.status)
   sys.exit(status)
 
 

@@ -19,8 +19,16 @@ Runs live in DIR/<budget>_<shape>/ (train.log, summary.json, curve.json,
 TensorBoard events, checkpoints). Finished runs (summary.json present) are
 skipped and unfinished ones resume from their checkpoints, so rerunning the
 same command continues a sweep. A failed run is reported with its log and the
-rest go on. At the end the finished runs are fitted (`scaling.fit`: approaches
-1-3) into DIR/fit/ (fit.json, PNGs, TensorBoard events).
+rest go on. A run that exits with status 75 (preempted: its checkpoint is
+saved) is requeued and resumes, up to --max-preemptions times; a failed one
+is retried up to --max-failures times. DIR/sweep_status.json says which run
+is where (`launch.ray_backend` specifies it). At the end the finished runs
+are fitted (`scaling.fit`: approaches 1-3) into DIR/fit/ (fit.json, PNGs,
+TensorBoard events).
+
+Backends: the local process pool (`run_all`, --parallel N at once), a Ray
+cluster (--backend ray: `launch.ray_backend`, which also keeps the run ledger
+that both share), or one TPU VM through gcloud (--tpu: `launch.tpu`).
 
 This module never imports the training loop: runs are processes
 (`python -m train`, and `python -m scaling.aot` for --check-fit); from the
@@ -30,7 +38,6 @@ model it uses only the closed-form counts (`model.counts`).
 import argparse
 import dataclasses
 import importlib.util
-import json
 import math
 import os
 import shlex
@@ -42,6 +49,8 @@ import warnings
 import ml_collections
 
 from configs import load
+from launch import ray_backend
+from launch import runs
 from launch import tpu
 from model.counts import param_counts, planned_steps
 from scaling import fit as fit_lib
@@ -90,6 +99,7 @@ class Sweep:
   fit: ml_collections.ConfigDict
   warnings: list
   tpu: ml_collections.ConfigDict | None = None
+  ray: ml_collections.ConfigDict | None = None  # The optional `ray` block (ray_backend.default_config).
 
 
 # ---------------------------------------------------------------------------- config files
@@ -332,7 +342,8 @@ def expand(sweep_cfg: ml_collections.ConfigDict) -> Sweep:
   for budget in budgets:
     runs += _budget_runs(s, base, common, budget, runs)
   warns = _check_lengths(s, runs)
-  return Sweep(base_config=s.base_config, runs=runs, fit=s.fit, warnings=warns, tpu=s.get('tpu'))
+  return Sweep(base_config=s.base_config, runs=runs, fit=s.fit, warnings=warns, tpu=s.get('tpu'),
+               ray=s.get('ray'))
 
 
 def _get(config, dotted: str):
@@ -389,92 +400,53 @@ def format_table(sweep: Sweep) -> str:
 # ---------------------------------------------------------------------------- local pool
 
 
-def run_state(run_dir: str) -> str:
-  """'finished' (summary.json), 'resume' (a checkpoint), or 'new'."""
-  if os.path.isfile(os.path.join(run_dir, 'summary.json')):
-    return 'finished'
-  ckpts = os.path.join(run_dir, 'checkpoints')
-  if os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts)):
-    return 'resume'
-  return 'new'
+run_state = ray_backend.run_state  # 'finished' | 'resume' | 'new' (one definition, shared by the backends).
 
 
-def _last_line(path: str) -> str:
-  try:
-    with open(path, errors='replace') as f:
-      lines = [ln.strip() for ln in f.readlines()[-30:] if ln.strip()]
-  except OSError:
-    return ''
-  return lines[-1][:200] if lines else ''
-
-
-def _eval_loss(run_dir: str):
-  try:
-    with open(os.path.join(run_dir, 'summary.json')) as f:
-      return json.load(f).get('eval_loss')
-  except (OSError, ValueError):
-    return None
-
-
-def run_all(commands: list, workdir: str, parallel: int = 1, log=print,
-            poll_seconds: float = 0.2) -> dict:
+def run_all(commands: list, workdir: str, parallel: int = 1, log=print, poll_seconds: float = 0.2,
+            max_preemptions: int = 3, max_failures: int = 0) -> dict:
   """Run (name, argv) pairs as processes, at most `parallel` at once.
 
   Each run's stdout and stderr go (appended) to DIR/<name>/train.log. Runs
   with summary.json are skipped; others start (train resumes from their
-  checkpoints). One status line per event. Returns {name: 'skipped' | 'ok' |
-  'failed'}. Ctrl-C stops the running processes (rerun to resume).
+  checkpoints). Exit status 75 (preempted) requeues a run, at most
+  `max_preemptions` times; another non-zero status is a failure, retried at
+  most `max_failures` times. One status line per event; DIR/sweep_status.json
+  after each. Returns {name: 'skipped' | 'ok' | 'failed' | 'preempted-out'}.
+  Ctrl-C stops the running processes (rerun to resume).
   """
-  results, queue, active = {}, [], {}
-  total = len(commands)
-  t_start = time.perf_counter()
-  for i, (name, argv) in enumerate(commands):
-    run_dir = os.path.join(workdir, name)
-    if run_state(run_dir) == 'finished':
-      results[name] = 'skipped'
-      loss = _eval_loss(run_dir)
-      log(f'[{i + 1:>3}/{total}] skip    {name}: finished' +
-          (f' (eval loss {loss:.4f})' if isinstance(loss, float) else ''))
-    else:
-      queue.append((i, name, argv))
+  ledger = ray_backend.Ledger(commands, workdir, 'local', max_preemptions, max_failures, log)
+  active = {}
 
-  def start(i, name, argv):
-    run_dir = os.path.join(workdir, name)
-    state = run_state(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    log_path = os.path.join(run_dir, 'train.log')
-    f = open(log_path, 'a')
-    f.write(f'\n=== {time.strftime("%Y-%m-%d %H:%M:%S")} {shlex.join(argv)}\n')
+  def start(rec):
+    f = open(rec.log, 'a')
+    f.write(ray_backend.log_header(rec.argv))
     f.flush()
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
-    active[proc] = (i, name, f, log_path, time.perf_counter())
-    log(f'[{i + 1:>3}/{total}] {"resume " if state == "resume" else "start  "} {name} '
-        f'(log {log_path})')
+    env = runs.run_env(workdir)
+    try:
+      proc = subprocess.Popen(rec.argv, stdout=f, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
+    except OSError as e:  # No such interpreter: a failure of this run, not of the sweep.
+      f.write(f'cannot start {rec.argv[0]}: {e}\n')
+      f.close()
+      ledger.finish(rec.name, 127, 0.0)
+      return
+    active[proc] = (rec.name, f, time.perf_counter())
 
   try:
-    while queue or active:
-      while queue and len(active) < parallel:
-        start(*queue.pop(0))
+    while ledger.pending() or active:
+      while ledger.pending() and len(active) < parallel:
+        rec = ledger.next()
+        os.makedirs(os.path.dirname(rec.log), exist_ok=True)
+        start(rec)
       time.sleep(poll_seconds)
       for proc in [p for p in active if p.poll() is not None]:
-        i, name, f, log_path, t0 = active.pop(proc)
+        name, f, t0 = active.pop(proc)
         f.close()
-        secs = time.perf_counter() - t0
-        run_dir = os.path.join(workdir, name)
-        if proc.returncode == 0 and run_state(run_dir) == 'finished':
-          results[name] = 'ok'
-          loss = _eval_loss(run_dir)
-          log(f'[{i + 1:>3}/{total}] done    {name} in {secs:.1f} s' +
-              (f': eval loss {loss:.4f}' if isinstance(loss, float) else ''))
-        else:
-          results[name] = 'failed'
-          log(f'[{i + 1:>3}/{total}] FAILED  {name} (exit {proc.returncode}, {secs:.1f} s): '
-              f'{_last_line(log_path)}\n          see {log_path}')
+        ledger.finish(name, proc.returncode, time.perf_counter() - t0)
   except KeyboardInterrupt:
     for proc in active:
       proc.terminate()
-    for proc, (_, _, f, _, _) in active.items():
+    for proc, (_, f, _) in active.items():
       try:
         proc.wait(timeout=30)
       except subprocess.TimeoutExpired:
@@ -482,12 +454,7 @@ def run_all(commands: list, workdir: str, parallel: int = 1, log=print,
       f.close()
     log('interrupted: running processes stopped; rerun the same command to resume')
     raise
-  n_ok = sum(v == 'ok' for v in results.values())
-  n_skip = sum(v == 'skipped' for v in results.values())
-  n_fail = sum(v == 'failed' for v in results.values())
-  log(f'{n_ok} ran, {n_skip} skipped (finished), {n_fail} failed in '
-      f'{time.perf_counter() - t_start:.1f} s')
-  return results
+  return ledger.summary()
 
 
 # ---------------------------------------------------------------------------- fit
@@ -587,7 +554,20 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--check-fit', metavar='TOPOLOGY',
                  help='compile each run for a TPU slice (scaling.aot, e.g. v5p:2x2x2) and refuse to '
                  'start if one does not fit; skipped with a note when scaling.aot/libtpu is missing')
-  p.add_argument('--python', default=sys.executable, help='interpreter for the local runs')
+  p.add_argument('--python', default=sys.executable,
+                 help='interpreter of the runs (with --backend ray: its path on every node)')
+  p.add_argument('--backend', choices=('local', 'ray'), default='local',
+                 help='local: a process pool on this machine (--parallel); ray: one Ray task per run on a '
+                 'Ray cluster (pip install -e \'.[ray]\'); with --dry-run, prints Ray cluster configs')
+  p.add_argument('--ray-address', default=None, metavar='ADDR',
+                 help='Ray cluster to join (auto, ray://HOST:10001); default RAY_ADDRESS or a local one')
+  p.add_argument('--ray-resources', default=None, metavar='R',
+                 help='Ray resources one run holds, e.g. TPU=4 or GPU=1,CPU=8 (default: the sweep config\'s '
+                 'ray.resources, else CPU=1)')
+  p.add_argument('--max-preemptions', type=int, default=3, metavar='N',
+                 help='requeue a preempted run (exit 75, or its Ray node died) at most N times (default 3)')
+  p.add_argument('--max-failures', type=int, default=0, metavar='N',
+                 help='retry a failed run (any other non-zero exit) at most N times (default 0)')
   return p
 
 
@@ -596,10 +576,18 @@ def main(argv=None, log=print) -> int:
   if args.parallel < 1:
     print('error: --parallel must be >= 1', file=sys.stderr)
     return 2
+  if args.max_preemptions < 0 or args.max_failures < 0:
+    print('error: --max-preemptions and --max-failures must be >= 0', file=sys.stderr)
+    return 2
   try:
     sweep = expand(load_config_file(args.config, 'sweep config'))
     if args.tpu and sweep.tpu is None:
       raise SweepError(f'--tpu: the sweep config {args.config} has no tpu block')
+    if args.tpu and args.backend == 'ray':
+      raise SweepError('--tpu and --backend ray: choose one (gcloud on one TPU VM, or a Ray cluster)')
+    resources = _ray_resources(args, sweep)
+    if args.backend == 'ray' and not args.dry_run and importlib.util.find_spec('ray') is None:
+      raise SweepError("--backend ray: ray is not installed (pip install -e '.[ray]')")
   except SweepError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
@@ -621,22 +609,53 @@ def main(argv=None, log=print) -> int:
     log(f'\ncommands (run from {REPO_ROOT}):')
     for name, c in commands:
       log(shlex.join(c))
+    if args.backend == 'ray':
+      try:
+        text = ray_backend.dry_run_text(sweep.tpu, sweep.ray, args.config, args.workdir,
+                                        _budget_flags(args))
+      except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+      log(f'\n{text}')
     return 0
   os.makedirs(workdir, exist_ok=True)
   if args.tpu:
     results = tpu.run_all(sweep, commands, workdir, log)
+  elif args.backend == 'ray':
+    results = ray_backend.run_all_ray(commands, workdir, args.ray_address, args.max_preemptions,
+                                      args.max_failures, log, resources)
   else:
-    results = run_all(commands, workdir, args.parallel, log)
-  failed = [n for n, v in results.items() if v == 'failed']
+    results = run_all(commands, workdir, args.parallel, log, max_preemptions=args.max_preemptions,
+                      max_failures=args.max_failures)
+  failed = [n for n, v in results.items() if v in ('failed', 'preempted-out')]
   if not args.no_fit:
     bootstrap = sweep.fit.bootstrap if args.bootstrap is None else args.bootstrap
     fit_sweep(workdir, [r.name for r in sweep.runs], os.path.join(workdir, sweep.fit.out),
               bootstrap, sweep.fit.plots, log)
   if failed:
     log(f'{len(failed)} run(s) failed: ' + ', '.join(
-        f'{n} (see {os.path.join(workdir, n, "train.log")})' for n in failed))
+        f'{n} ({results[n]}, see {os.path.join(workdir, n, "train.log")})' for n in failed))
     return 1
   return 0
+
+
+def _ray_resources(args, sweep: Sweep) -> dict:
+  """Ray resources of one run: --ray-resources, else the sweep config's ray.resources, else CPU=1."""
+  text = args.ray_resources if args.ray_resources is not None else (
+      sweep.ray.get('resources', '') if sweep.ray is not None else '')
+  try:
+    return ray_backend.parse_resources(text)
+  except ValueError as e:
+    raise SweepError(f'--ray-resources / ray.resources: {e}') from None
+
+
+def _budget_flags(args) -> list:
+  """The retry budgets as flags for the driver on a Ray head node (those not at their default)."""
+  parser, out = build_parser(), []
+  for key in ('max_preemptions', 'max_failures'):
+    if getattr(args, key) != parser.get_default(key):
+      out += [f'--{key.replace("_", "-")}', str(getattr(args, key))]
+  return out
 
 
 if __name__ == '__main__':

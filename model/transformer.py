@@ -5,14 +5,31 @@ through `jax.nn.dot_product_attention`, SwiGLU MLP; the L blocks are one
 stacked module applied with `nnx.scan`, so compile time does not grow with
 depth. Parameters are float32; activations use `compute_dtype`.
 
-Shape suffixes: B batch, T sequence, D d_model, H query heads, G kv heads,
-K head size, F MLP width, V vocabulary, L layers.
+Mixture-of-Experts configs (model/moe.py) replace the MLP of chosen layers:
+the n = moe_first_dense leading dense blocks are one stack, then P periods of
+(moe_every - 1 dense blocks, 1 MoE block) are another, then any remaining dense
+blocks a third; each is scanned, so compile time stays flat in depth.
+
+`model.attention = 'mla'` swaps grouped-query attention for DeepSeek-V2's
+multi-head latent attention (`MLA`): keys and values come from one low-rank
+latent per token, plus a small RoPE key shared by the heads.
+
+Generation (model/decode.py) calls `decode` on the same modules: S new tokens
+at per-row positions go through every layer with that layer's KV cache (GQA:
+keys and values, (B, T, G, K) each; MLA: the latent (B, T, C) and the RoPE key
+(B, T, R)); `__call__` is the training path and never touches a cache.
+
+Shape suffixes: B batch, T sequence (cache length in `decode`), S new tokens,
+D d_model, H query heads, G kv heads, K head size, F MLP width, V vocabulary,
+L layers, P MoE periods; MLA: C kv latent rank, Q query latent rank, R RoPE
+head size, J = K + R query/key head size.
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from model import moe as moe_lib
 from model.sharding import constrain
 
 REMAT_POLICIES = {
@@ -43,18 +60,35 @@ class RMSNorm(nnx.Module):
     return (y * self.scale[...]).astype(x.dtype)
 
 
-def rope(x_BTNK: jax.Array, theta: float) -> jax.Array:
-  """Rotary embedding over the last axis (split in halves), positions 0..T-1."""
+def rope(x_BTNK: jax.Array, theta: float, positions_BT: jax.Array | None = None) -> jax.Array:
+  """Rotary embedding over the last axis (split in halves) at positions 0..T-1 or positions_BT."""
   _, T, _, K = x_BTNK.shape
   freq_k = theta ** (-jnp.arange(0, K // 2, dtype=jnp.float32) / (K // 2))
-  angle_TK = jnp.arange(T, dtype=jnp.float32)[:, None] * freq_k[None, :]
-  sin, cos = jnp.sin(angle_TK)[None, :, None, :], jnp.cos(angle_TK)[None, :, None, :]
+  if positions_BT is None:
+    angle_TK = jnp.arange(T, dtype=jnp.float32)[:, None] * freq_k[None, :]
+    sin, cos = jnp.sin(angle_TK)[None, :, None, :], jnp.cos(angle_TK)[None, :, None, :]
+  else:  # Decoding: each row's new tokens sit at their own positions.
+    angle_BTK = positions_BT.astype(jnp.float32)[:, :, None] * freq_k[None, None, :]
+    sin, cos = jnp.sin(angle_BTK)[:, :, None, :], jnp.cos(angle_BTK)[:, :, None, :]
   x1, x2 = jnp.split(x_BTNK.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_BTNK.dtype)
 
 
+def write_cache(cache_BTX: jax.Array, new_BSX: jax.Array, pos_B: jax.Array) -> jax.Array:
+  """The cache with row b's S new entries at positions pos_B[b]..pos_B[b]+S-1 (X: any axes)."""
+  def put(c_TX, u_SX, p):
+    return jax.lax.dynamic_update_slice_in_dim(c_TX, u_SX.astype(c_TX.dtype), p, axis=0)
+  return jax.vmap(put)(cache_BTX, new_BSX, pos_B)
+
+
+def visible(positions_BS: jax.Array, max_len: int) -> jax.Array:
+  """mask_BST: cache position t is visible to the new token at positions_BS[b, s] iff t <= it."""
+  return jnp.arange(max_len)[None, None, :] <= positions_BS[:, :, None]
+
+
 class Attention(nnx.Module):
+  """Causal grouped-query attention with RoPE (MHA when n_kv_heads == n_heads): x_BTD -> y_BTD."""
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     D, H, G = cfg.d_model, cfg.n_heads, cfg.n_kv_heads
@@ -69,20 +103,163 @@ class Attention(nnx.Module):
     self.rope_theta = cfg.rope_theta
     self.impl = cfg.attention_impl
 
-  def __call__(self, x_BTD):
+  @staticmethod
+  def cache_shapes(cfg, batch: int, max_len: int) -> dict[str, tuple[int, ...]]:
+    """One layer's cache: keys and values of the G kv heads, (B, T, G, K) each."""
+    shape = (batch, max_len, cfg.n_kv_heads, cfg.d_model // cfg.n_heads)
+    return {'k': shape, 'v': shape}
+
+  def _qkv(self, x_BTD, positions_BT=None):
+    """Queries, keys and values of x_BTD, normed and rotated: (q_BTHK, k_BTGK, v_BTGK)."""
     dt = x_BTD.dtype
     q_BTHK = jnp.einsum('btd,dhk->bthk', x_BTD, self.wq_DHK[...].astype(dt))
     k_BTGK = jnp.einsum('btd,dgk->btgk', x_BTD, self.wk_DGK[...].astype(dt))
     v_BTGK = jnp.einsum('btd,dgk->btgk', x_BTD, self.wv_DGK[...].astype(dt))
     if self.q_norm is not None:
       q_BTHK, k_BTGK = self.q_norm(q_BTHK), self.k_norm(k_BTGK)
-    q_BTHK = rope(q_BTHK, self.rope_theta)
-    k_BTGK = rope(k_BTGK, self.rope_theta)
+    q_BTHK = rope(q_BTHK, self.rope_theta, positions_BT)
+    k_BTGK = rope(k_BTGK, self.rope_theta, positions_BT)
+    return q_BTHK, k_BTGK, v_BTGK
+
+  def _out(self, o_BTHK):
+    return jnp.einsum('bthk,hkd->btd', o_BTHK, self.wo_HKD[...].astype(o_BTHK.dtype))
+
+  def __call__(self, x_BTD):
+    q_BTHK, k_BTGK, v_BTGK = self._qkv(x_BTD)
     q_BTHK = constrain(q_BTHK, ('batch', 'seq', 'act_heads', None))
     # GQA: H query heads share G kv heads; the fused kernels handle the grouping.
     o_BTHK = jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, is_causal=True,
                                           implementation=self.impl)
-    return jnp.einsum('bthk,hkd->btd', o_BTHK, self.wo_HKD[...].astype(dt))
+    return self._out(o_BTHK)
+
+  def decode(self, x_BSD, cache: dict, pos_B):
+    """S new tokens at positions pos_B[b] + 0..S-1: -> (y_BSD, cache holding their keys and values).
+
+    Each new token attends to every cached position up to its own. Always the
+    'xla' implementation: the fused kernels' causal masks assume aligned positions.
+    """
+    positions_BS = pos_B[:, None] + jnp.arange(x_BSD.shape[1])
+    q_BSHK, k_BSGK, v_BSGK = self._qkv(x_BSD, positions_BS)
+    cache = {'k': write_cache(cache['k'], k_BSGK, pos_B),
+             'v': write_cache(cache['v'], v_BSGK, pos_B)}
+    mask_B1ST = visible(positions_BS, cache['k'].shape[1])[:, None]
+    o_BSHK = jax.nn.dot_product_attention(q_BSHK, cache['k'], cache['v'], mask=mask_B1ST,
+                                          implementation='xla')
+    return self._out(o_BSHK), cache
+
+
+class MLA(nnx.Module):
+  """Multi-head latent attention (DeepSeek-V2, 2024): every head's keys and values from one latent.
+
+  Per token only the latent c_C = RMSNorm(x W_dkv) (C = mla_kv_rank) and one
+  RoPE key k_R = rope(x W_kr) (R = mla_rope_dim), shared by all heads, are
+  cached: C + R numbers per layer. Head h's key is [c W_uk[h], k_R] (J = K + R)
+  and its value c W_uv[h] (K); its query [q_K, rope(q_R)] comes from x, or
+  from a normalised query latent of rank Q = mla_q_rank when Q > 0. The latents
+  are normalised, so there is no qk_norm. Scores are float32, scaled by 1/sqrt(J).
+  """
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    D, H = cfg.d_model, cfg.n_heads
+    K, C, Q, R = D // H, cfg.mla_kv_rank, cfg.mla_q_rank, cfg.mla_rope_dim
+    std = cfg.init_std
+    heads = ('heads', 'head_dim')
+    self.wq_DHJ = None if Q else _param(rngs, _normal, (D, H, K + R), ('embed', *heads), std)
+    self.wdq_DQ = _param(rngs, _normal, (D, Q), ('embed', None), std) if Q else None
+    self.q_norm = RMSNorm(Q, cfg.norm_eps, rngs=rngs) if Q else None
+    self.wuq_QHJ = _param(rngs, _normal, (Q, H, K + R), (None, *heads), std) if Q else None
+    self.wdkv_DC = _param(rngs, _normal, (D, C), ('embed', None), std)
+    self.kv_norm = RMSNorm(C, cfg.norm_eps, rngs=rngs)
+    self.wkr_DR = _param(rngs, _normal, (D, R), ('embed', None), std)
+    self.wuk_CHK = _param(rngs, _normal, (C, H, K), (None, *heads), std)
+    self.wuv_CHK = _param(rngs, _normal, (C, H, K), (None, *heads), std)
+    self.wo_HKD = _param(rngs, _normal, (H, K, D), ('heads', 'head_dim', 'embed'), std)
+    self.rope_theta = cfg.rope_theta
+    self.head_dim = K
+    self.scale = (K + R) ** -0.5
+
+  @staticmethod
+  def cache_shapes(cfg, batch: int, max_len: int) -> dict[str, tuple[int, ...]]:
+    """One layer's cache: the kv latent (B, T, C) and the shared RoPE key (B, T, R)."""
+    return {'latent': (batch, max_len, cfg.mla_kv_rank),
+            'rope_key': (batch, max_len, cfg.mla_rope_dim)}
+
+  def _queries(self, x_BTD, positions_BT=None):
+    """The two parts of each head's query: (q_BTHK, rope(q_BTHR))."""
+    dt = x_BTD.dtype
+    if self.wq_DHJ is not None:
+      q_BTHJ = jnp.einsum('btd,dhj->bthj', x_BTD, self.wq_DHJ[...].astype(dt))
+    else:
+      c_BTQ = self.q_norm(x_BTD @ self.wdq_DQ[...].astype(dt))
+      q_BTHJ = jnp.einsum('btq,qhj->bthj', c_BTQ, self.wuq_QHJ[...].astype(dt))
+    q_BTHK, q_BTHR = q_BTHJ[..., :self.head_dim], q_BTHJ[..., self.head_dim:]
+    return q_BTHK, rope(q_BTHR, self.rope_theta, positions_BT)
+
+  def _latents(self, x_BTD, positions_BT=None):
+    """What the cache holds per token: (latent c_BTC, RoPE key k_BTR)."""
+    dt = x_BTD.dtype
+    c_BTC = self.kv_norm(x_BTD @ self.wdkv_DC[...].astype(dt))
+    k_BT1R = rope((x_BTD @ self.wkr_DR[...].astype(dt))[:, :, None, :], self.rope_theta,
+                  positions_BT)
+    return c_BTC, k_BT1R[:, :, 0, :]
+
+  def _attend(self, q_BSHK, q_BSHR, c_BTC, k_BTR, mask_BST):
+    """The queries attend to the keys and values expanded from the latents: -> y_BSD."""
+    dt = q_BSHK.dtype
+    k_BTHK = jnp.einsum('btc,chk->bthk', c_BTC, self.wuk_CHK[...].astype(dt))
+    v_BTHK = jnp.einsum('btc,chk->bthk', c_BTC, self.wuv_CHK[...].astype(dt))
+    f32 = jnp.float32
+    s_BHST = (jnp.einsum('bshk,bthk->bhst', q_BSHK, k_BTHK, preferred_element_type=f32) +
+              jnp.einsum('bshr,btr->bhst', q_BSHR, k_BTR, preferred_element_type=f32))
+    s_BHST = jnp.where(mask_BST[:, None], s_BHST * self.scale, -jnp.inf)
+    p_BHST = jax.nn.softmax(s_BHST, axis=-1).astype(dt)
+    o_BSHK = jnp.einsum('bhst,bthk->bshk', p_BHST, v_BTHK)
+    return jnp.einsum('bshk,hkd->bsd', o_BSHK, self.wo_HKD[...].astype(dt))
+
+  def __call__(self, x_BTD):
+    T = x_BTD.shape[1]
+    q_BTHK, q_BTHR = self._queries(x_BTD)
+    q_BTHK = constrain(q_BTHK, ('batch', 'seq', 'act_heads', None))
+    c_BTC, k_BTR = self._latents(x_BTD)
+    return self._attend(q_BTHK, q_BTHR, c_BTC, k_BTR, jnp.tril(jnp.ones((1, T, T), bool)))
+
+  def decode(self, x_BSD, cache: dict, pos_B):
+    """As `Attention.decode`, with the cache {'latent': (B, T, C), 'rope_key': (B, T, R)}."""
+    positions_BS = pos_B[:, None] + jnp.arange(x_BSD.shape[1])
+    q_BSHK, q_BSHR = self._queries(x_BSD, positions_BS)
+    c_BSC, k_BSR = self._latents(x_BSD, positions_BS)
+    cache = {'latent': write_cache(cache['latent'], c_BSC, pos_B),
+             'rope_key': write_cache(cache['rope_key'], k_BSR, pos_B)}
+    mask_BST = visible(positions_BS, cache['latent'].shape[1])
+    return self._attend(q_BSHK, q_BSHR, cache['latent'], cache['rope_key'], mask_BST), cache
+
+
+ATTENTIONS = ('gqa', 'mla')
+
+
+def attention_class(cfg):
+  """`Attention` (GQA; MHA when n_kv_heads == n_heads) or `MLA`, as model.attention says."""
+  return MLA if getattr(cfg, 'attention', 'gqa') == 'mla' else Attention
+
+
+def attention_errors(m) -> list[str]:
+  """Problems with model.attention and the MLA fields (unused under 'gqa'), one per bad key."""
+  kind = getattr(m, 'attention', 'gqa')
+  if kind not in ATTENTIONS:
+    return [f'model.attention={kind!r}: must be one of {", ".join(map(repr, ATTENTIONS))}']
+  if kind != 'mla':
+    return []
+  errors = []
+  for key, lo in (('mla_kv_rank', 1), ('mla_q_rank', 0), ('mla_rope_dim', 2)):
+    v = m[key]
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+      errors.append(f'model.{key}={v!r}: must be an integer >= {lo} with model.attention=\'mla\'')
+    elif key == 'mla_rope_dim' and v % 2:
+      errors.append(f'model.mla_rope_dim={v}: must be even (rotary embeddings rotate pairs)')
+  if m.qk_norm:
+    errors.append("model.qk_norm=True: not available with model.attention='mla' (MLA "
+                  'normalises its latents instead)')
+  return errors
 
 
 class MLP(nnx.Module):
@@ -102,57 +279,133 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
+  """x_BTD -> (x_BTD, aux): attention then the MLP (or MoE; aux holds its losses, {} if dense)."""
 
-  def __init__(self, cfg, *, rngs: nnx.Rngs):
+  def __init__(self, cfg, *, moe: bool = False, rngs: nnx.Rngs):
     self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs=rngs)
-    self.attn = Attention(cfg, rngs=rngs)
+    self.attn = attention_class(cfg)(cfg, rngs=rngs)
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs=rngs)
-    self.mlp = MLP(cfg, rngs=rngs)
+    self.mlp = moe_lib.MoE(cfg, rngs=rngs) if moe else MLP(cfg, rngs=rngs)
+    self.is_moe = moe
 
   def __call__(self, x_BTD):
-    x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD))
-    x_BTD = x_BTD + self.mlp(self.mlp_norm(x_BTD))
-    return constrain(x_BTD, ('batch', 'seq', 'act_embed'))
+    return self._mlp_residual(x_BTD + self.attn(self.attn_norm(x_BTD)))
+
+  def decode(self, x_BSD, cache: dict, pos_B):
+    """S new tokens at positions pos_B[b] + 0..S-1 with this layer's cache: -> (x_BSD, cache)."""
+    a_BSD, cache = self.attn.decode(self.attn_norm(x_BSD), cache, pos_B)
+    return self._mlp_residual(x_BSD + a_BSD)[0], cache
+
+  def _mlp_residual(self, x_BTD):
+    """x + MLP(norm(x)), or the MoE layer's: -> (x_BTD, aux)."""
+    h_BTD = self.mlp_norm(x_BTD)
+    y_BTD, aux = self.mlp(h_BTD) if self.is_moe else (self.mlp(h_BTD), {})
+    return constrain(x_BTD + y_BTD, ('batch', 'seq', 'act_embed')), aux
 
 
-class Transformer(nnx.Module):
-  """tokens (B, T) int32 -> logits (B, T, V) float32."""
+def _stack(n: int, make, rngs: nnx.Rngs):
+  """n modules `make(rngs)` with their parameters stacked on a new leading axis; None if n == 0."""
+  if n == 0:
+    return None
+
+  @nnx.split_rngs(splits=n)
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
+  def make_stack(rngs):
+    return make(rngs)
+
+  return make_stack(rngs)
+
+
+def _block_fn(cfg):
+  """(block, x_BTD) -> block(x_BTD), recomputed on the backward pass as `cfg.remat` says."""
+  def apply_block(block, x_BTD):
+    return block(x_BTD)
+
+  if cfg.remat == 'none':
+    return apply_block
+  return nnx.remat(apply_block, policy=REMAT_POLICIES[cfg.remat])
+
+
+def _scan(fn, stack, x_BTD, cfg):
+  """x = fn(module, x) over a stack's modules in order; -> (x_BTD, aux stacked on a new axis 0)."""
+  # scan_layers=False fully unrolls the same stacked parameters (for FLOP checks).
+  scan = nnx.scan(fn, in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0),
+                  transform_metadata={nnx.PARTITION_NAME: None},
+                  unroll=1 if cfg.scan_layers else True)
+  return scan(stack, x_BTD)
+
+
+class Period(nnx.Module):
+  """x_BTD -> (x_BTD, aux): moe_every - 1 dense blocks (one scanned stack), then one MoE block."""
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    V, D, std = cfg.vocab_size, cfg.d_model, cfg.init_std
-    self.embed_VD = _param(rngs, _normal, (V, D), ('vocab', 'embed'), std)
+    self.dense = _stack(cfg.moe_every - 1, lambda r: Block(cfg, rngs=r), rngs)
+    self.moe = Block(cfg, moe=True, rngs=rngs)
 
-    @nnx.split_rngs(splits=cfg.n_layers)
-    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
-    def make_blocks(rngs):
+  def __call__(self, x_BTD):
+    if self.dense is not None:
+      x_BTD, _ = _scan(_block_fn(self.cfg), self.dense, x_BTD, self.cfg)
+    return _block_fn(self.cfg)(self.moe, x_BTD)
+
+
+class Transformer(nnx.Module):
+  """tokens (B, T) int32 -> logits (B, T, V) float32; `forward` also returns the MoE aux dict."""
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    V, D, L, std = cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.init_std
+    self.embed_VD = _param(rngs, _normal, (V, D), ('vocab', 'embed'), std)
+    n_periods = len(moe_lib.moe_layers(cfg))  # One MoE layer per period.
+    n_lead, n_tail = L, 0
+    if n_periods:
+      n_lead = cfg.moe_first_dense
+      n_tail = L - n_lead - n_periods * cfg.moe_every
+
+    def dense_block(rngs):
       return Block(cfg, rngs=rngs)
 
-    self.blocks = make_blocks(rngs)  # Every parameter gets a leading L axis.
+    # Every parameter of a stack gets a leading axis (L for a dense model, P for the periods).
+    self.blocks = _stack(n_lead, dense_block, rngs)
+    self.moe_periods = _stack(n_periods, lambda r: Period(cfg, rngs=r), rngs)
+    self.tail_blocks = _stack(n_tail, dense_block, rngs)
     self.final_norm = RMSNorm(D, cfg.norm_eps, rngs=rngs)
     self.head_DV = None if cfg.tie_embeddings else _param(
         rngs, _normal, (D, V), ('embed', 'vocab'), std)
     self.compute_dtype = jnp.dtype(cfg.compute_dtype)
+    self.layout = (n_lead, n_periods, n_tail)  # Layers per stack, in order (model/decode.py).
 
-  def __call__(self, tokens_BT):
-    cfg = self.cfg
+  def embed(self, tokens_BT):
+    """Token ids (B, T) int32 -> the residual stream x_BTD in compute_dtype."""
     # Gather the (FSDP/tensor-sharded) table whole before the lookup, as FSDP does for every
     # weight; a lookup into a sharded table makes XLA replicate the result involuntarily.
     table_VD = constrain(self.embed_VD[...], (None, None))
     x_BTD = jnp.take(table_VD, tokens_BT, axis=0).astype(self.compute_dtype)
-    x_BTD = constrain(x_BTD, ('batch', 'seq', 'act_embed'))
+    return constrain(x_BTD, ('batch', 'seq', 'act_embed'))
 
-    def apply_block(block, x):
-      return block(x)
-
-    if cfg.remat != 'none':
-      apply_block = nnx.remat(apply_block, policy=REMAT_POLICIES[cfg.remat])
-    # scan_layers=False fully unrolls the same stacked parameters (for FLOP checks).
-    stack = nnx.scan(apply_block, in_axes=(0, nnx.Carry), out_axes=nnx.Carry,
-                     transform_metadata={nnx.PARTITION_NAME: None},
-                     unroll=1 if cfg.scan_layers else True)
-    x_BTD = stack(self.blocks, x_BTD)
+  def logits(self, x_BTD):
+    """The final norm and the output head: x_BTD -> logits_BTV float32."""
     x_BTD = self.final_norm(x_BTD)
     head_DV = self.embed_VD[...].T if self.head_DV is None else self.head_DV[...]
     logits_BTV = x_BTD @ head_DV.astype(self.compute_dtype)
     return constrain(logits_BTV.astype(jnp.float32), ('batch', 'seq', 'vocab'))
+
+  def forward(self, tokens_BT):
+    """-> (logits_BTV, aux): the MoE losses and metrics averaged over MoE layers ({} if dense).
+
+    aux values are float32 scalars except 'moe_expert_load', shape (E,); see model.moe.MoE.
+    """
+    cfg = self.cfg
+    x_BTD = self.embed(tokens_BT)
+    aux = {}
+    if self.blocks is not None:
+      x_BTD, _ = _scan(_block_fn(cfg), self.blocks, x_BTD, cfg)
+    if self.moe_periods is not None:
+      x_BTD, aux_P = _scan(lambda period, x: period(x), self.moe_periods, x_BTD, cfg)
+      aux = jax.tree.map(lambda a_P: jnp.mean(a_P, axis=0), aux_P)
+    if self.tail_blocks is not None:
+      x_BTD, _ = _scan(_block_fn(cfg), self.tail_blocks, x_BTD, cfg)
+    return self.logits(x_BTD), aux
+
+  def __call__(self, tokens_BT):
+    return self.forward(tokens_BT)[0]

@@ -1,6 +1,7 @@
 """Scaling-law fits: Chinchilla's approaches 1, 2 and 3, with bootstrap intervals.
 
-Run as ``python -m scaling.fit (--csv F | --runs DIR) --out OUT``. Pure
+Run as ``python -m scaling.fit (--csv F | --runs DIR) --out OUT`` (``--holdout
+largest-budget`` predicts runs it did not fit: scaling/ladder.py). Pure
 numpy (matplotlib and tensorboardX only for plots, in scaling/plot.py); it
 imports nothing from model/ or train/, so it fits anyone's data. Inputs are
 `scaling.points.Points` (CSV or a sweep folder), the law's algebra is
@@ -21,7 +22,13 @@ fit.json schema (every number is a float unless noted)::
     "input": {"source": str, "n_count": str, "n_points": int,
               "excluded": [[name, reason], ...]},
     "approach1": {"a", "b", "k_N", "k_D",          # N_opt = k_N C^a, D_opt = k_D C^b
-                  "curve_source": str, "n_runs": int, "n_envelope": int,
+                  "curve_source": str, "n_runs": int,
+                  "n_envelope": int,          # FLOP values fitted (of the 1,500-point grid)
+                  "n_envelope_covered": int,  # ... reached by at least 2 curves
+                  "n_interior": int,          # ... whose winner has a smaller and a larger
+                                              #     run covering it with a higher loss
+                  "interior_only": bool,      # fitted: interior values (default) or all covered
+                  "n_distinct_N_opt": int, "warning": str,  # warning only when few remain
                   "ci": {"a": [lo, hi], "b": [lo, hi]}},
     "approach2": {"a", "b", "k_N", "k_D",
                   "budgets": [{"flops", "n_points", "N_opt", "D_opt", "loss_min",
@@ -37,11 +44,20 @@ fit.json schema (every number is a float unless noted)::
                   "ci": {"E": [lo, hi], "A", "B", "alpha", "beta", "G", "a", "b",
                          "N_opt", "D_opt", "tokens_per_param", "loss"},
                   "bootstrap": {"n": int, "n_ok": int, "seed": int, "starts": int}},
-    "skipped": {"approachK": reason},     # approaches the input cannot support
-    "prediction": {...}                   # only with --predict-flops
+    "n_conventions": {"with_head" | "non_embedding":   # a, b with either N (Pearce & Song)
+                      {"approachK": {"a", "b", "ci": {"a", "b"}, "n_boot": int} | {"skipped"}}},
+    "skipped": {"approachK" | "n_conventions": reason},  # what the input cannot support
+    "prediction": {...},                  # only with --predict-flops
+    "ladder": {...},                      # only with --holdout (schema: scaling/ladder.py)
+    "target_run": {"flops", "approach", "N", "D", "tokens_per_param", "ci": {"N", "D"},
+                   "loss", "ci_loss", "pi_loss"}   # only with --target-flops
   }
 
-Intervals are 95% percentile-bootstrap intervals.
+Intervals are 95% percentile-bootstrap intervals. The main blocks use
+``--n-count``; `n_conventions` refits the other convention on the same
+points (C kept as the input's FLOP count) with fewer bootstrap samples
+(``--conventions-bootstrap``, default min(--bootstrap, 50)). With
+``--holdout`` every block is the fit of the runs not held out.
 """
 import argparse
 import math
@@ -51,12 +67,14 @@ import time
 
 import numpy as np
 
-from scaling import tables
+from scaling import ladder, tables
 from scaling.lbfgs import batched_lbfgs
-from scaling.law import frontier, law_from_params, predict_loss
-from scaling.points import N_COUNTS, drop_highest_loss, load_csv, load_runs, parse_columns
+from scaling.law import frontier, law_from_params, percentile_interval, predict_loss
+from scaling.points import (N_COUNTS, drop_highest_loss, group_budgets, load_csv, load_runs,
+                            parse_columns)
 
 HUBER_DELTA = 1e-3
+NOTHING_FITTED = 3  # Exit status when the input supports no approach (2 is bad input).
 
 
 class FitError(ValueError):
@@ -236,18 +254,7 @@ def bootstrap_approach3(N, D, L, starts_K5, n_boot=200, seed=0, delta=HUBER_DELT
   return x_B5[good], int((~good).sum())
 
 
-def _ci(samples):
-  """95% percentile interval [lo, hi] of the samples (None if fewer than 2).
-
-  Infinite samples (a resample whose fit diverged, e.g. A overflowing) stay in:
-  if more than 2.5% of them are infinite, the interval is honestly unbounded.
-  """
-  s = np.asarray(samples, float)
-  s = s[~np.isnan(s)]
-  if len(s) < 2:
-    return None
-  q = np.percentile(s, [2.5, 97.5], method="inverted_cdf")
-  return [float(q[0]), float(q[1])]
+_ci = percentile_interval  # 95% percentile interval [lo, hi] (None if fewer than 2 samples).
 
 
 def approach3_derived(x_B5, C):
@@ -296,39 +303,41 @@ def run_approach3(points, n_boot=200, seed=0, ci_flops=None, boot_starts=16,
 # Approach 2: IsoFLOP parabolas
 
 
-def group_budgets(C, tol_dex=0.05):
-  """Group indices by FLOP budget: sorted log10 C split where gaps exceed tol_dex."""
-  logC = np.log10(C)
-  order = np.argsort(logC)
-  groups, cur = [], [order[0]]
-  for prev, i in zip(order[:-1], order[1:]):
-    if logC[i] - logC[prev] > tol_dex:
-      groups.append(np.array(cur)); cur = []
-    cur.append(i)
-  groups.append(np.array(cur))
-  return groups
+def parabola_minimum(X, L, symbol="N", noun="model sizes", range_noun="sizes"):
+  """Parabola L = c0 + c1 x + c2 x², x = ln X; returns (X_opt, L_min, coeffs).
 
-
-def isoflop_minimum(N, L):
-  """Parabola L = c0 + c1 x + c2 x², x = ln N; returns (N_opt, L_min, coeffs).
-
-  Raises FitError for fewer than 3 sizes, a parabola opening downward, or a
-  minimum outside the sampled sizes (an extrapolation, not a measurement).
+  X is any positive quantity swept at fixed compute (N, a learning rate, a
+  batch size); L in nats/token. Raises FitError for fewer than 3 distinct
+  values, a parabola opening downward, or a minimum outside the sampled
+  values (an extrapolation, not a measurement); the messages name symbol
+  and noun.
   """
-  x = np.log(N)
-  if len(np.unique(np.round(x, 9))) < 3:
-    raise FitError(f"fewer than 3 distinct model sizes ({len(np.unique(np.round(x, 9)))})")
+  X = np.asarray(X, float)
+  L = np.asarray(L, float)
+  x = np.log(X)
+  n_distinct = len(np.unique(np.round(x, 9)))
+  if n_distinct < 3:
+    raise FitError(f"fewer than 3 distinct {noun} ({n_distinct})")
   c2, c1, c0 = np.polyfit(x, L, 2)
   if c2 <= 0:
     raise FitError(f"parabola opens downward (curvature {c2:.3g}): no minimum")
   x_opt = -c1 / (2 * c2)
   if not (x.min() <= x_opt <= x.max()):
-    raise FitError(f"minimum N={math.exp(x_opt):.3g} lies outside the sampled sizes "
-                   f"[{N.min():.3g}, {N.max():.3g}]")
+    raise FitError(f"minimum {symbol}={math.exp(x_opt):.3g} lies outside the sampled "
+                   f"{range_noun} [{X.min():.3g}, {X.max():.3g}]")
   return math.exp(x_opt), c0 - c1 * c1 / (4 * c2), (c2, c1, c0)
 
 
-def _power_law(C, Y):
+def isoflop_minimum(N, L):
+  """Approach 2's parabola of loss in ln N at one budget: (N_opt, L_min, coeffs).
+
+  Raises FitError for fewer than 3 sizes, a parabola opening downward, or a
+  minimum outside the sampled sizes.
+  """
+  return parabola_minimum(N, L, "N", "model sizes", "sizes")
+
+
+def power_law(C, Y):
   """Least squares log Y = log k + p log C; returns (p, k)."""
   p, logk = np.polyfit(np.log(C), np.log(Y), 1)
   return float(p), float(math.exp(logk))
@@ -368,8 +377,8 @@ def run_approach2(points, n_boot=200, seed=0, tol_dex=0.05):
     raise FitError(f"approach 2 needs at least 2 budgets with a valid minimum; got "
                    f"{len(budgets)} ({why})")
   C = np.array([b["flops"] for b in budgets])
-  a, kN = _power_law(C, [b["N_opt"] for b in budgets])
-  b_, kD = _power_law(C, [b["D_opt"] for b in budgets])
+  a, kN = power_law(C, [b["N_opt"] for b in budgets])
+  b_, kD = power_law(C, [b["D_opt"] for b in budgets])
   rng = np.random.default_rng(seed)
   samp_a, samp_b, samp_k, per_budget = [], [], [], [[] for _ in budgets]
   for _ in range(n_boot):
@@ -384,8 +393,8 @@ def run_approach2(points, n_boot=200, seed=0, tol_dex=0.05):
     mins = np.array(mins)
     ok = np.isfinite(mins)
     if ok.sum() >= 2:
-      pa, pk = _power_law(C[ok], mins[ok])
-      pb, _ = _power_law(C[ok], C[ok] / (6 * mins[ok]))
+      pa, pk = power_law(C[ok], mins[ok])
+      pb, _ = power_law(C[ok], C[ok] / (6 * mins[ok]))
       samp_a.append(pa); samp_b.append(pb); samp_k.append(pk)
   for j, bud in enumerate(budgets):
     bud["ci_N_opt"] = _ci(per_budget[j])
@@ -404,12 +413,25 @@ def run_approach2(points, n_boot=200, seed=0, tol_dex=0.05):
 # Approach 1: lower envelope of training curves
 
 
-def envelope(curves, Ns, n_grid=1500):
+MIN_INTERIOR = 20  # Fewer interior FLOP values than this: approach 1 warns.
+MIN_DISTINCT_N_OPT = 3  # Fewer distinct winning sizes than this: approach 1 warns (< 2 refuses).
+
+
+def envelope(curves, Ns, n_grid=1500, interior_only=True):
   """Lowest loss over all curves at n_grid log-spaced FLOP values.
 
-  curves: list of {"flops", "loss"} (or None); Ns: parameters per curve.
-  Only FLOP values covered by at least 2 curves are kept. Returns arrays
-  (C, N_opt, loss_min, run index).
+  curves: list of {"flops", "loss"} (or None), FLOPs as the input counts
+  them; Ns: parameters per curve. A FLOP value is covered when at least 2
+  curves reach it. Its winner is interior when at least one smaller and one
+  larger run (by N) cover it with a higher loss: the optimum is bracketed.
+  Elsewhere the winner is the edge of the sizes that reach that FLOP value,
+  and N_opt is biased towards that edge. interior_only keeps interior FLOP
+  values only; False keeps every covered one (Chinchilla's envelope).
+
+  Returns (C, N_opt, loss_min, run index) of the kept FLOP values and
+  {"n_covered", "n_interior"} (counts of grid values).
+  Raises FitError when fewer than 2 runs have curves, the curves do not
+  overlap, or (interior_only) no FLOP value has an interior winner.
   """
   use = [i for i, c in enumerate(curves) if c is not None and len(c["flops"]) >= 2]
   if len(use) < 2:
@@ -422,44 +444,81 @@ def envelope(curves, Ns, n_grid=1500):
     lc = np.log(curves[i]["flops"])
     inside = (grid >= lc[0]) & (grid <= lc[-1])
     loss_RG[r, inside] = np.interp(grid[inside], lc, curves[i]["loss"])
-  covered = np.isfinite(loss_RG).sum(0) >= 2
-  if covered.sum() < 2:
+  covered_G = np.isfinite(loss_RG).sum(0) >= 2
+  if covered_G.sum() < 2:
     raise FitError("approach 1: curves do not overlap in FLOPs")
-  best = np.argmin(loss_RG, axis=0)
-  run = np.array(use)[best][covered]
-  return np.exp(grid[covered]), np.asarray(Ns)[run], loss_RG.min(0)[covered], run
+  best_G = np.argmin(loss_RG, axis=0)
+  lmin_G = loss_RG[best_G, np.arange(n_grid)]
+  N_R = np.asarray(Ns, float)[use]
+  higher_RG = np.isfinite(loss_RG) & (loss_RG > lmin_G[None])
+  smaller_G = (higher_RG & (N_R[:, None] < N_R[best_G][None])).any(0)
+  larger_G = (higher_RG & (N_R[:, None] > N_R[best_G][None])).any(0)
+  interior_G = covered_G & smaller_G & larger_G
+  counts = {"n_covered": int(covered_G.sum()), "n_interior": int(interior_G.sum())}
+  keep_G = interior_G if interior_only else covered_G
+  if interior_only and not keep_G.any():
+    raise FitError(f"approach 1: no FLOP value has an interior winner (of "
+                   f"{counts['n_covered']} covered, every winner is the smallest or largest run "
+                   "reaching it): the sizes do not bracket the optimum anywhere")
+  run = np.array(use)[best_G][keep_G]
+  return np.exp(grid[keep_G]), np.asarray(Ns)[run], lmin_G[keep_G], run, counts
 
 
-def _approach1_fit(curves, Ns):
-  """(a, k_N, b, k_D, envelope tuple) from curves; FitError if degenerate."""
-  C, n_opt, l_min, run = envelope(curves, Ns)
+def _approach1_fit(curves, Ns, interior_only=True):
+  """(a, k_N, b, k_D, envelope tuple, counts) from curves; FitError if degenerate."""
+  C, n_opt, l_min, run, counts = envelope(curves, Ns, interior_only=interior_only)
   if len(np.unique(n_opt)) < 2:
-    raise FitError("approach 1: one model size is best at every FLOP value "
-                   "(no trade-off to fit)")
-  a, kN = _power_law(C, n_opt)
-  b, kD = _power_law(C, C / (6 * n_opt))
-  return a, kN, b, kD, (C, n_opt, l_min, run)
+    raise FitError("approach 1: one model size is best at every "
+                   + ("interior " if interior_only else "") + "FLOP value (no trade-off to fit)")
+  a, kN = power_law(C, n_opt)
+  b, kD = power_law(C, C / (6 * n_opt))
+  return a, kN, b, kD, (C, n_opt, l_min, run), counts
 
 
-def run_approach1(points, n_boot=200, seed=0):
-  """Approach 1 on Points with curves; bootstrap resamples runs."""
+def _approach1_warning(n_kept, n_distinct, interior_only):
+  """The warning string of a thin envelope, or None."""
+  what = "interior FLOP values" if interior_only else "covered FLOP values"
+  why = []
+  if n_kept < MIN_INTERIOR:
+    why.append(f"only {n_kept} {what} (< {MIN_INTERIOR})")
+  if n_distinct < MIN_DISTINCT_N_OPT:
+    why.append(f"only {n_distinct} distinct N_opt (< {MIN_DISTINCT_N_OPT}: a line through "
+               "that few sizes)")
+  return "; ".join(why) + ": the exponent rests on few points" if why else None
+
+
+def run_approach1(points, n_boot=200, seed=0, interior_only=True):
+  """Approach 1 on Points with curves; bootstrap resamples runs.
+
+  interior_only: fit only FLOP values whose winning run is interior (see
+  `envelope`); False is Chinchilla's plain envelope, kept for comparison.
+  The block says how many FLOP values were covered, interior and kept, and
+  carries a 'warning' when few remain.
+  """
   if points.curves is None:
     raise FitError("approach 1 needs training curves (a sweep folder with curve.json); "
                    "a CSV of final losses has none")
-  a, kN, b, kD, env = _approach1_fit(points.curves, points.N)
+  a, kN, b, kD, env, counts = _approach1_fit(points.curves, points.N, interior_only)
   rng = np.random.default_rng(seed)
   sa, sb, sk = [], [], []
   n = len(points.N)
   for _ in range(n_boot):
     idx = rng.integers(0, n, n)
     try:
-      pa, pk, pb, _, _ = _approach1_fit([points.curves[i] for i in idx], points.N[idx])
+      pa, pk, pb, _, _, _ = _approach1_fit([points.curves[i] for i in idx], points.N[idx],
+                                           interior_only)
     except FitError:
       continue
     sa.append(pa); sb.append(pb); sk.append(pk)
+  n_distinct = int(len(np.unique(env[1])))
   out = {"a": a, "b": b, "k_N": kN, "k_D": kD, "curve_source": points.curve_source,
          "n_runs": int(sum(c is not None for c in points.curves)),
-         "n_envelope": int(len(env[0])), "_envelope": env}
+         "n_envelope": int(len(env[0])), "n_envelope_covered": counts["n_covered"],
+         "n_interior": counts["n_interior"], "interior_only": bool(interior_only),
+         "n_distinct_N_opt": n_distinct, "_envelope": env}
+  warning = _approach1_warning(len(env[0]), n_distinct, interior_only)
+  if warning:
+    out["warning"] = warning
   if n_boot > 0:
     out["ci"] = {"a": _ci(sa), "b": _ci(sb)}
     out["bootstrap"] = {"n": n_boot, "n_ok": len(sa), "seed": seed}
@@ -471,20 +530,74 @@ def run_approach1(points, n_boot=200, seed=0):
 # Putting it together
 
 
+CONVENTIONS = ("with_head", "non_embedding")  # N counts reported side by side (Pearce & Song).
+CONVENTION_BOOT = 50  # Default bootstrap samples for the convention not chosen by --n-count.
+
+
+def _steps(points, n_boot, seed, ci_flops, budget_tol, boot_starts, starts, interior_only):
+  """(name, thunk) of the three approaches on points."""
+  return (("approach1", lambda: run_approach1(points, n_boot, seed, interior_only)),
+          ("approach2", lambda: run_approach2(points, n_boot, seed, budget_tol)),
+          ("approach3", lambda: run_approach3(points, n_boot, seed, ci_flops,
+                                              boot_starts, starts)))
+
+
+def _exponents(block, n_boot):
+  """{"a", "b", "ci": {"a", "b"}, "n_boot"} of an approach block (plus its warning)."""
+  ci = block.get("ci") or {}
+  out = {"a": block["a"], "b": block["b"], "ci": {"a": ci.get("a"), "b": ci.get("b")},
+         "n_boot": int(n_boot)}
+  if block.get("warning"):
+    out["warning"] = block["warning"]
+  return out
+
+
+def n_conventions(points, result, n_boot, seed=0, budget_tol=0.05, boot_starts=16,
+                  starts=None, interior_only=True, log=print):
+  """a and b of every approach with N counted with the head and non-embedding.
+
+  The chosen convention (points.n_count) is copied from result's blocks; the
+  other is refitted on the same points with N swapped (C, the input's FLOP
+  count, is kept; approach 3's frontier uses 6·N·D with that N) and n_boot
+  bootstrap samples. Returns {"with_head": {"approach1": {"a", "b", "ci",
+  "n_boot"} | {"skipped": reason}, ...}, "non_embedding": {...}}.
+  Raises ValueError when the input does not name both counts.
+  """
+  out = {}
+  for count in CONVENTIONS:
+    if count == points.n_count:
+      out[count] = {name: _exponents(result[name], result[name].get("bootstrap", {}).get("n", 0))
+                    if name in result
+                    else {"skipped": result["skipped"].get(name, "")}
+                    for name in ("approach1", "approach2", "approach3")}
+      continue
+    block = {}
+    for name, fn in _steps(points.with_count(count), n_boot, seed, None, budget_tol,
+                           boot_starts, starts, interior_only):
+      try:
+        block[name] = _exponents(fn(), n_boot)
+      except FitError as e:
+        block[name] = {"skipped": str(e)}
+        log(f"n_conventions {count} {name} skipped: {e}")
+    out[count] = block
+  return out
+
+
 def fit_all(points, n_boot=200, seed=0, ci_flops=None, budget_tol=0.05, boot_starts=16,
-            starts=None, log=print):
+            starts=None, log=print, interior_only=True, conventions_boot=None):
   """All approaches the input supports; returns the fit.json dict.
 
-  Keys starting with '_' are in-memory extras for plots (not written).
+  The main blocks use points.n_count; 'n_conventions' repeats a and b with N
+  with the head and non-embedding when the input names both (the other
+  convention with conventions_boot bootstrap samples, default
+  min(n_boot, CONVENTION_BOOT)). Keys starting with '_' are in-memory extras
+  for plots (not written).
   """
   result = {"input": {"source": points.source, "n_count": points.n_count,
                       "n_points": int(len(points.N)), "excluded": points.excluded},
             "skipped": {}}
-  steps = (("approach1", lambda: run_approach1(points, n_boot, seed)),
-           ("approach2", lambda: run_approach2(points, n_boot, seed, budget_tol)),
-           ("approach3", lambda: run_approach3(points, n_boot, seed, ci_flops,
-                                               boot_starts, starts)))
-  for name, fn in steps:
+  for name, fn in _steps(points, n_boot, seed, ci_flops, budget_tol, boot_starts, starts,
+                         interior_only):
     t0 = time.perf_counter()
     try:
       result[name] = fn()
@@ -492,6 +605,15 @@ def fit_all(points, n_boot=200, seed=0, ci_flops=None, budget_tol=0.05, boot_sta
     except FitError as e:
       result["skipped"][name] = str(e)
       log(f"{name} skipped: {e}")
+  missing = [c for c in CONVENTIONS if c not in (points.Ns or {})]
+  if missing:
+    result["skipped"]["n_conventions"] = (f"the input does not give N as {' and '.join(missing)} "
+                                          "(summary.json params_<count>, or CSV columns "
+                                          "params_with_head and params_non_embedding)")
+  else:
+    n_other = min(n_boot, CONVENTION_BOOT) if conventions_boot is None else conventions_boot
+    result["n_conventions"] = n_conventions(points, result, n_other, seed, budget_tol,
+                                            boot_starts, starts, interior_only, log)
   return result
 
 
@@ -540,8 +662,19 @@ def _parser():
   p.add_argument("--bootstrap", type=int, default=200, help="bootstrap samples (0: none)")
   p.add_argument("--boot-starts", type=int, default=16,
                  help="approach-3 starts per bootstrap sample (best distinct grid optima)")
+  p.add_argument("--conventions-bootstrap", type=int, default=None,
+                 help="bootstrap samples for the N convention not chosen by --n-count "
+                      f"(default: min(--bootstrap, {CONVENTION_BOOT}))")
+  p.add_argument("--envelope", default="interior", choices=("interior", "all"),
+                 help="approach 1: fit only FLOP values whose winning run is interior "
+                      "(default), or every covered one (Chinchilla's envelope, edge-biased)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--predict-flops", type=float, default=None, help="C for the prediction")
+  p.add_argument("--holdout", default=None,
+                 help="ladder: runs to hold out and predict, '" + ladder.LARGEST_BUDGET
+                      + "' or comma-separated name globs (e.g. 'c1e19_*,target')")
+  p.add_argument("--target-flops", type=float, default=None,
+                 help="compute-optimal N and D (and predicted loss) of a target run at C FLOPs")
   p.add_argument("--drop-highest-loss", type=int, default=0, help="drop the K highest losses")
   p.add_argument("--budget-tol", type=float, default=0.05,
                  help="approach 2: FLOPs within this many decades form one budget")
@@ -549,24 +682,52 @@ def _parser():
   return p
 
 
+def _check_args(args):
+  """ValueError naming the flag for a value no fit can use."""
+  if args.bootstrap < 0:
+    raise ValueError("--bootstrap must be >= 0")
+  if args.conventions_bootstrap is not None and args.conventions_bootstrap < 0:
+    raise ValueError("--conventions-bootstrap must be >= 0")
+  for flag in ("predict_flops", "target_flops"):
+    v = getattr(args, flag)
+    if v is not None and not (math.isfinite(v) and v > 0):
+      raise ValueError(f"--{flag.replace('_', '-')} must be positive")
+
+
 def main(argv=None):
   args = _parser().parse_args(argv)
   t0 = time.perf_counter()
+
+  def log(message):
+    print(message, file=sys.stderr)
+
   try:
-    if args.bootstrap < 0:
-      raise ValueError("--bootstrap must be >= 0")
-    if args.predict_flops is not None and not args.predict_flops > 0:
-      raise ValueError("--predict-flops must be positive")
+    _check_args(args)
     if args.csv:
       points = load_csv(args.csv, parse_columns(args.columns), args.n_count)
     else:
-      points = load_runs(args.runs, args.n_count, warn=lambda m: print(m, file=sys.stderr))
+      points = load_runs(args.runs, args.n_count, warn=log)
     points = drop_highest_loss(points, args.drop_highest_loss)
+    held = None
+    if args.holdout:
+      points, held = ladder.split(points, args.holdout, args.budget_tol)
     result = fit_all(points, args.bootstrap, args.seed, args.predict_flops, args.budget_tol,
-                     args.boot_starts, log=lambda m: print(m, file=sys.stderr))
+                     args.boot_starts, log=log, interior_only=args.envelope == "interior",
+                     conventions_boot=args.conventions_bootstrap)
+    if held is not None:
+      result["ladder"] = ladder.verify(result, points, held, args.holdout, seed=args.seed,
+                                       budget_tol=args.budget_tol)
+    if args.target_flops:
+      result["target_run"] = ladder.target_run(result, args.target_flops, points,
+                                               seed=args.seed)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  if not any(k in result for k in ("approach1", "approach2", "approach3")):
+    why = "; ".join(f"{k}: {v}" for k, v in result["skipped"].items())
+    print(f"error: no approach could be fitted to {points.source} ({why}); nothing written",
+          file=sys.stderr)
+    return NOTHING_FITTED
   if args.predict_flops:
     result["prediction"] = predict(result, args.predict_flops)
   path = tables.write_json(result, args.out)

@@ -9,6 +9,8 @@ Units: N parameters, D tokens, C training FLOPs (C = 6 N D), loss in nats/token.
     approach-3 block, or a `Law`); `Law` adds the fixed-ratio rule (20x) and
     names its source.
   * `read_fit` is the one reader of a scaling.fit `fit.json`.
+  * `percentile_interval` is the one 95% bootstrap interval of every
+    prediction (scaling.fit, scaling.ladder, scaling.hparams).
 """
 
 import dataclasses
@@ -62,6 +64,23 @@ def predict_loss(law, N, D):
   """L(N, D) = E + A/N^alpha + B/D^beta in nats/token."""
   return law["E"] + law["A"] / np.asarray(N, float) ** law["alpha"] \
     + law["B"] / np.asarray(D, float) ** law["beta"]
+
+
+def percentile_interval(samples, level=95.0):
+  """Percentile interval [lo, hi] of bootstrap samples (None if fewer than 2).
+
+  level in percent (95: the 2.5th and 97.5th percentiles). NaN samples are
+  dropped; infinite ones (a resample whose fit diverged, e.g. A overflowing)
+  stay in: if more than (100 - level)/2 % of them are infinite, the interval
+  is honestly unbounded.
+  """
+  s = np.asarray(samples, float).ravel()
+  s = s[~np.isnan(s)]
+  if len(s) < 2:
+    return None
+  tail = (100.0 - level) / 2
+  q = np.percentile(s, [tail, 100.0 - tail], method="inverted_cdf")
+  return [float(q[0]), float(q[1])]
 
 
 @dataclasses.dataclass(frozen=True)

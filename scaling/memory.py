@@ -175,9 +175,11 @@ def lora_bytes(n_params: float, n_lora: float, base_precision: str = 'bf16') -> 
 def kv_cache_bytes_per_token(shape: ModelShape, bytes_per_element: float = 2.0) -> float:
   """KV-cache bytes per token of one sequence: 2 (K and V) * n_layers * n_kv_heads * head_dim * bytes.
 
-  GQA-aware: only the n_kv_heads key/value heads are cached.
+  GQA-aware: only the n_kv_heads key/value heads are cached. A model config
+  with attention='mla' (in place of `shape`) caches n_layers * (mla_kv_rank +
+  mla_rope_dim) numbers per token instead (`model.counts.kv_cache_elements_per_token`).
   """
-  return 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * bytes_per_element
+  return counts.kv_cache_elements_per_token(shape) * bytes_per_element
 
 
 def kv_cache_bytes(shape: ModelShape, context: int, batch: int = 1,

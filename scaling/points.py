@@ -7,9 +7,13 @@ Inputs
   * CSV with columns `params`, `tokens`, `loss` (optional `flops`; when
     `tokens` is missing D = flops / (6 N)). Common aliases are understood
     (Epoch's `Model Size` and `Training FLOP`); `--columns` maps others.
+    Columns `params_with_head`, `params_non_embedding`, `params_total`, where
+    present, give every N convention (`Points.Ns`).
   * A sweep folder `DIR/<run>/summary.json` (+ optional `curve.json`), as
     written by the training loop; runs without summary.json are reported and
-    skipped.
+    skipped. Every `params_<count>` key present in all runs goes into
+    `Points.Ns`; `config.optim.lr` and `config.data.global_batch_size` ×
+    `config.data.seq_len`, when every run has them, into `Points.hparams`.
 """
 
 import csv
@@ -38,6 +42,10 @@ class Points:
   budgets (input's own FLOP count, else 6ND); L: final loss in nats/token.
   curves: per run a dict of arrays {"flops", "tokens", "loss"} or None;
   curve_source says whether curves are eval loss or smoothed train loss.
+  Ns: {count: parameters per run} for every N convention the input names
+  (`with_head`, `non_embedding`, `total`; N is Ns[n_count] when present),
+  or None. hparams: {"lr": peak learning rate, "batch_tokens": tokens per
+  optimizer step} per run, or None.
   """
   names: list
   N: np.ndarray
@@ -49,14 +57,48 @@ class Points:
   curves: list = None
   curve_source: str = None
   excluded: list = dataclasses.field(default_factory=list)
+  Ns: dict = None
+  hparams: dict = None
 
   def subset(self, keep):
     """Points restricted to the boolean or index array keep."""
     idx = np.arange(len(self.N))[keep]
     curves = None if self.curves is None else [self.curves[i] for i in idx]
+
+    def pick(arrays):
+      return None if arrays is None else {k: v[idx] for k, v in arrays.items()}
+
     return dataclasses.replace(
       self, names=[self.names[i] for i in idx], N=self.N[idx], D=self.D[idx],
-      C=self.C[idx], L=self.L[idx], curves=curves)
+      C=self.C[idx], L=self.L[idx], curves=curves, Ns=pick(self.Ns),
+      hparams=pick(self.hparams))
+
+  def with_count(self, n_count):
+    """The same points with N counted as n_count (a key of Ns); C is kept.
+
+    C stays the input's FLOP count (it labels the IsoFLOP budgets), so only N
+    changes. Raises ValueError when the input does not name that count.
+    """
+    if not self.Ns or n_count not in self.Ns:
+      have = ", ".join(sorted(self.Ns or {})) or "none"
+      raise ValueError(f"input has no parameter count {n_count!r} (has: {have})")
+    return dataclasses.replace(self, N=np.asarray(self.Ns[n_count], float), n_count=n_count)
+
+
+def group_budgets(C, tol_dex=0.05):
+  """Group indices by FLOP budget: sorted log10 C split where gaps exceed tol_dex.
+
+  Returns a list of index arrays, smallest budget first.
+  """
+  logC = np.log10(C)
+  order = np.argsort(logC)
+  groups, cur = [], [order[0]]
+  for prev, i in zip(order[:-1], order[1:]):
+    if logC[i] - logC[prev] > tol_dex:
+      groups.append(np.array(cur)); cur = []
+    cur.append(i)
+  groups.append(np.array(cur))
+  return groups
 
 
 # ----------------------------------------------------------------------------
@@ -142,7 +184,20 @@ def load_csv(path, columns=None, n_count="with_head"):
   D = np.array(vals["tokens"]) if "tokens" in vals else np.array(vals["flops"]) / (6 * N)
   C = np.array(vals["flops"]) if "flops" in vals else 6 * N * D
   names = [f"row{i}" for i in range(2, len(rows) + 2)]
-  return Points(names, N, D, C, L, source=f"csv:{path}", n_count=n_count)
+  Ns = _csv_counts(header, rows, path)
+  return Points(names, N, D, C, L, source=f"csv:{path}", n_count=n_count, Ns=Ns)
+
+
+def _csv_counts(header, rows, path):
+  """{count: N array} from the CSV's params_<count> columns (None when it has none)."""
+  lower = {h.strip().lower(): h for h in header}
+  Ns = {}
+  for count in N_COUNTS:
+    col = lower.get(f"params_{count}")
+    if col is not None:
+      Ns[count] = np.array([_positive(r.get(col), f"{path} row {i} column {col!r}")
+                            for i, r in enumerate(rows, start=2)])
+  return Ns or None
 
 
 def _smooth(x, window=9):
@@ -193,19 +248,35 @@ def _load_curve(path, N):
   return {"flops": flops, "tokens": tokens, "loss": loss}, source
 
 
+def _run_hparams(s):
+  """(peak LR, batch tokens) from a summary's config, or None when it lacks them."""
+  cfg = s.get("config")
+  try:
+    lr = float(cfg["optim"]["lr"])
+    batch = float(cfg["data"]["global_batch_size"]) * float(cfg["data"]["seq_len"])
+  except (TypeError, KeyError, ValueError):
+    return None
+  if not (math.isfinite(lr) and lr > 0 and math.isfinite(batch) and batch > 0):
+    return None
+  return lr, batch
+
+
 def load_runs(root, n_count="with_head", warn=print):
   """Read a sweep folder DIR/<run>/summary.json (+ curve.json) into Points.
 
   N is summary['params_<n_count>'], D = summary['tokens'], loss =
   summary['eval_loss'], C = summary['flops_6nd'] when present else 6ND.
-  Runs without summary.json or with a non-finite loss are listed in
-  Points.excluded (and passed to warn), never used silently.
+  Every other positive params_<count> key that all runs have goes into
+  Points.Ns; the runs' peak LR and batch tokens into Points.hparams when all
+  runs have them. Runs without summary.json or with a non-finite loss are
+  listed in Points.excluded (and passed to warn), never used silently.
   """
   if n_count not in N_COUNTS:
     raise ValueError(f"n_count must be one of {N_COUNTS}, got {n_count!r}")
   if not os.path.isdir(root):
     raise ValueError(f"{root}: no such sweep folder")
   names, Ns, Ds, Cs, Ls, curves, sources, excluded = [], [], [], [], [], [], set(), []
+  counts, hps = {c: [] for c in N_COUNTS}, []
   for name in sorted(os.listdir(root)):
     run = os.path.join(root, name)
     if not os.path.isdir(run):
@@ -235,15 +306,25 @@ def load_runs(root, n_count="with_head", warn=print):
     curve, src = _load_curve(os.path.join(run, "curve.json"), N)
     names.append(name); Ns.append(N); Ds.append(D); Cs.append(C); Ls.append(float(loss))
     curves.append(curve)
+    for c in N_COUNTS:
+      v = s.get(f"params_{c}")
+      counts[c].append(float(v) if isinstance(v, (int, float)) and np.isfinite(v) and v > 0
+                       else None)
+    hps.append(_run_hparams(s))
     if src:
       sources.add(src)
   for name, reason in excluded:
     warn(f"warning: run {name!r} skipped: {reason}")
   if not names:
     raise ValueError(f"{root}: no finished runs (no */summary.json with a finite eval_loss)")
+  all_counts = {c: np.array(v) for c, v in counts.items() if None not in v}
+  hparams = None
+  if None not in hps:
+    hparams = {"lr": np.array([h[0] for h in hps]), "batch_tokens": np.array([h[1] for h in hps])}
   pts = Points(names, np.array(Ns), np.array(Ds), np.array(Cs), np.array(Ls),
                source=f"runs:{root}", n_count=n_count, curves=curves,
-               curve_source="+".join(sorted(sources)) or None, excluded=excluded)
+               curve_source="+".join(sorted(sources)) or None, excluded=excluded,
+               Ns=all_counts, hparams=hparams)
   return pts
 
 

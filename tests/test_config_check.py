@@ -50,6 +50,19 @@ def test_invalid_config_names_the_key(overrides, message):
   assert message in str(e.value)
 
 
+@pytest.mark.parametrize('overrides,message', [
+    (dict(model__moe_num_experts=4, model__moe_top_k=5), 'model.moe_top_k=5'),
+    (dict(model__moe_num_experts=6, mesh__data=2, mesh__expert=4), 'moe_num_experts=6'),
+    (dict(model__moe_num_experts=4, model__moe_granularity=3), 'model.moe_granularity=3'),
+    (dict(model__moe_num_experts=4, model__moe_dispatch='capacity', model__moe_capacity_factor=0.0),
+     'model.moe_capacity_factor=0.0'),
+])
+def test_invalid_moe_config_names_the_key(overrides, message):
+  with pytest.raises(ConfigError) as e:
+    validate(cfg(**overrides), n_devices=8)
+  assert message in str(e.value)
+
+
 def test_valid_config_resolves_the_mesh():
   assert validate(cfg(mesh__fsdp=2), n_devices=8) == dict(data=4, fsdp=2, tensor=1, expert=1)
 

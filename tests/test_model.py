@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from configs import base
-from model.counts import param_counts
+from model.counts import model_flops_per_token, param_counts
 from model.transformer import Transformer
 
 
@@ -37,6 +37,23 @@ def test_param_counts_match_closed_form_and_built_model(overrides):
   assert c.head == (0 if m.tie_embeddings else V * D)
   assert c.with_head == c.non_embedding + V * D
   assert c.total == _n_params(nnx.eval_shape(lambda: Transformer(m, rngs=nnx.Rngs(0))))
+
+
+@pytest.mark.parametrize('overrides', [
+    {}, {'mla_q_rank': 12}, {'mla_q_rank': 12, 'tie_embeddings': True}, {'n_layers': 1},
+])
+def test_mla_param_counts_and_flops_match_closed_form_and_built_model(overrides):
+  m = tiny(attention='mla', mla_kv_rank=16, mla_rope_dim=4, **overrides)
+  c = param_counts(m)
+  V, D, L, H, F = m.vocab_size, m.d_model, m.n_layers, m.n_heads, m.d_ff
+  K, C, Q, R = D // H, m.mla_kv_rank, m.mla_q_rank, m.mla_rope_dim
+  q = D * Q + Q + Q * H * (K + R) if Q else D * H * (K + R)  # Query latent and its norm, or none.
+  attn = q + D * C + C + D * R + 2 * C * H * K + H * K * D
+  assert c.non_embedding == L * (attn + 3 * D * F + 2 * D) + D
+  assert c.with_head == c.non_embedding + V * D
+  assert c.total == _n_params(nnx.eval_shape(lambda: Transformer(m, rngs=nnx.Rngs(0))))
+  # Scores over K + R, values over K: 6 * L * H * (2K + R) * T in place of 12 * L * H * K * T.
+  assert model_flops_per_token(m, 16) == 6 * c.with_head + 6 * L * H * (2 * K + R) * 16
 
 
 def test_logits_shape_and_dtype():

@@ -1,4 +1,5 @@
-"""launch.sweep: expansion into runs, dry run, the local pool (skip, resume, failures), bad input, TPU commands."""
+"""launch.sweep: expansion into runs, dry run, the local pool (skip, resume, failures, preemptions, the status
+file), bad input, TPU commands, Ray cluster configs (the Ray backend itself: test_ray_sweep.py)."""
 
 import json
 import os
@@ -7,7 +8,9 @@ import sys
 import textwrap
 
 import pytest
+import yaml  # PyYAML comes with ml_collections: parses the Ray cluster configs of the dry run.
 
+from launch import ray_backend
 from launch import sweep as sweep_lib
 from launch import tpu as tpu_lib
 from scaling import plan as plan_lib
@@ -337,3 +340,167 @@ def test_fit_of_the_sweep_reads_only_its_runs_and_reports_a_failed_fit(tmp_path,
   assert sweep_lib.fit_sweep(str(tmp_path), names, str(tmp_path / 'fit2'), bootstrap=0,
                              plots=False, log=lines.append) is None
   assert any('fit: failed: no approach could be fitted' in ln for ln in lines)
+
+
+# ---------------------------------------------------------------------------- preemption, retries, status file
+
+
+def preempting_python(tmp_path, always_preempted='NONE', failing='NONE'):
+  """An 'interpreter' playing `python -m train` that is preempted once, then resumes.
+
+  First start: 'saves' a checkpoint and exits 75, as the training loop does on
+  SIGTERM. Next start: finds the checkpoint and writes summary.json. A
+  workdir containing `always_preempted` exits 75 every time; one containing
+  `failing` exits 3. Each call is recorded in calls.txt.
+  """
+  path = tmp_path / 'preempting_python'
+  path.write_text(textwrap.dedent(f'''\
+      #!{sys.executable}
+      import json, os, sys
+      args = sys.argv[1:]
+      workdir = args[args.index('--workdir') + 1]
+      with open({str(tmp_path / 'calls.txt')!r}, 'a') as f:
+        f.write(workdir + '\\n')
+      if {failing!r} in workdir:
+        print('boom: simulated failure'); sys.exit(3)
+      ckpts = os.path.join(workdir, 'checkpoints')
+      if os.path.isdir(ckpts) and {always_preempted!r} not in workdir:
+        print('resumed from step 7')
+        json.dump(dict(eval_loss=1.0), open(os.path.join(workdir, 'summary.json'), 'w'))
+        sys.exit(0)
+      os.makedirs(os.path.join(ckpts, '7'), exist_ok=True)
+      print('SIGTERM: saved step 7'); sys.exit(75)
+      '''))
+  path.chmod(path.stat().st_mode | stat.S_IEXEC)
+  return str(path)
+
+
+def test_pool_requeues_preempted_runs_within_budget_and_retries_failures(tmp_path):
+  cfg = write_sweep(tmp_path)
+  names = [r.name for r in sweep_lib.expand(sweep_lib.load_config_file(cfg)).runs]
+  spot, bad = names[0], names[1]
+  python = preempting_python(tmp_path, always_preempted=spot, failing=bad)
+  workdir = tmp_path / 'sweep'
+  lines = []
+  rc = sweep_lib.main(['--config', cfg, '--workdir', str(workdir), '--python', python, '--parallel', '2',
+                       '--no-fit', '--max-preemptions', '2', '--max-failures', '1'], log=lines.append)
+  text = '\n'.join(lines)
+  assert rc == 1, text
+  status = json.load(open(workdir / 'sweep_status.json'))
+  assert (status['format'], status['backend'], status['max_preemptions'], status['max_failures']) == (
+      1, 'local', 2, 1)
+  assert status['counts'] == {'ok': len(names) - 2, 'preempted-out': 1, 'failed': 1}
+  runs = {r['name']: r for r in status['runs']}
+  assert [r['name'] for r in status['runs']] == names  # Every run, in the sweep's order.
+  s = runs[spot]
+  assert (s['state'], s['attempts'], s['preemptions'], s['failures'], s['last_exit']) == (
+      'preempted-out', 3, 3, 0, 75)
+  assert s['log_tail'] == ['SIGTERM: saved step 7']
+  s = runs[bad]
+  assert (s['state'], s['attempts'], s['preemptions'], s['failures'], s['last_exit']) == ('failed', 2, 0, 2, 3)
+  assert s['log_tail'] == ['boom: simulated failure'] and s['log'] == str(workdir / bad / 'train.log')
+  for n in names[2:]:
+    assert runs[n]['state'] == 'ok' and runs[n]['history'] == ['preempted (exit 75)', 'finished']
+    assert f'resume  {n}' in text and f'PREEMPT {n} (exit 75' in text
+    assert 'resumed from step 7' in open(workdir / n / 'train.log').read()
+  assert f'PREEMPT {spot} (exit 75, ' in text and 'more than --max-preemptions 2' in text
+  assert f'FAILED  {bad} (exit 3' in text and 'retry 1 of 1' in text
+  assert lines[-2].startswith(f'{len(names) - 2} ran, 0 skipped (finished), 1 failed, 1 preempted out in ')
+  calls = open(tmp_path / 'calls.txt').read().split()
+  assert calls.count(str(workdir / spot)) == 3 and calls.count(str(workdir / bad)) == 2
+  assert f'{spot} (preempted-out, see' in lines[-1]
+
+  # The default budgets keep the old behaviour: a failed run is not retried.
+  lines.clear()
+  (tmp_path / 'calls.txt').unlink()
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(workdir), '--python', python, '--no-fit'],
+                        log=lines.append) == 1
+  calls = open(tmp_path / 'calls.txt').read().split()
+  assert calls.count(str(workdir / bad)) == 1 and calls.count(str(workdir / spot)) == 4  # 3 preemptions + 1.
+  assert sum('skip    ' in ln for ln in lines) == len(names) - 2
+
+
+def test_bad_budgets_and_backends_are_refused(tmp_path, capsys):
+  cfg = write_sweep(tmp_path)
+  base = ['--config', cfg, '--workdir', str(tmp_path / 'w'), '--dry-run']
+  assert sweep_lib.main(base + ['--max-failures', '-1']) == 2
+  assert 'must be >= 0' in capsys.readouterr().err
+  assert sweep_lib.main(base + ['--backend', 'ray', '--ray-resources', 'TPU']) == 2
+  assert "'TPU' is not NAME=AMOUNT" in capsys.readouterr().err
+  extra = "from launch import tpu\n  c.tpu = tpu.default_config()\n  c.tpu.update(dict(name='a', zone='b'))"
+  cfg = write_sweep(tmp_path, extra=extra, name='tpu_sweep.py')
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(tmp_path / 'w'), '--tpu', '--backend', 'ray',
+                         '--dry-run']) == 2
+  assert '--tpu and --backend ray: choose one' in capsys.readouterr().err
+  assert not (tmp_path / 'w').exists()
+
+
+# ---------------------------------------------------------------------------- Ray: cluster configs (no Ray needed)
+
+
+def _yaml_sections(out: str) -> dict:
+  """{'tpu': config, 'gpu': config, 'commands': lines} from the output of --dry-run --backend ray."""
+  sections, current = {}, None
+  for line in out.splitlines():
+    if line.startswith('# ---- Ray cluster config for'):
+      current = 'tpu' if 'TPU' in line else 'gpu'
+      sections[current] = []
+    elif line.startswith('# ---- commands'):
+      current = 'commands'
+    elif current:
+      sections.setdefault(current, []).append(line)
+  return {'tpu': yaml.safe_load('\n'.join(sections['tpu'])),
+          'gpu': yaml.safe_load('\n'.join(sections['gpu'])), 'commands': sections['commands']}
+
+
+def test_ray_dry_run_prints_cluster_configs_for_tpu_vms_and_gpu_hosts(tmp_path, capsys):
+  extra = ("from launch import tpu\n  c.tpu = tpu.default_config()\n"
+           "  c.tpu.update(dict(name='x', zone='us-west4-a', project='my-proj', workdir='gs://b/s'))\n"
+           "  c.tpu.accelerator_type = 'v5litepod-8'\n  c.tpu.runtime_version = 'v2-alpha-tpuv5-lite'\n"
+           "  c.tpu.spot = False")
+  cfg = write_sweep(tmp_path, extra=extra)
+  workdir = tmp_path / 'w'
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(workdir), '--backend', 'ray', '--dry-run',
+                         '--max-preemptions', '5']) == 0
+  out = capsys.readouterr().out
+  s = _yaml_sections(out)
+  tpu_cfg, gpu_cfg = s['tpu'], s['gpu']
+  assert tpu_cfg['provider'] == dict(type='gcp', region='us-west4', availability_zone='us-west4-a',
+                                     project_id='my-proj')
+  worker = tpu_cfg['available_node_types']['tpu_worker']
+  assert worker['node_config'] == dict(acceleratorType='v5litepod-8', runtimeVersion='v2-alpha-tpuv5-lite',
+                                       schedulingConfig=dict(spot=False))
+  assert worker['resources'] == {'TPU': 8}
+  assert tpu_cfg['available_node_types']['head']['resources'] == {'CPU': 0}  # The driver only.
+  assert tpu_cfg['file_mounts'] == {'~/chinchax': sweep_lib.REPO_ROOT}
+  assert any("pip install -e '.[ray,tpu-aot]'" in c for c in tpu_cfg['worker_setup_commands'])
+  gpu_worker = gpu_cfg['available_node_types']['gpu_worker']
+  assert gpu_worker['node_config']['guestAccelerators'] == [
+      dict(acceleratorType='nvidia-tesla-a100', acceleratorCount=1)]
+  assert gpu_worker['resources'] == {'GPU': 1}
+  assert gpu_worker['node_config']['scheduling']['provisioningModel'] == 'SPOT'
+  assert any("pip install -e '.[ray]'" in c and 'jax[cuda12]' in c for c in gpu_cfg['worker_setup_commands'])
+  assert 'ray up -y ray_tpu.yaml' in out and 'ray up -y ray_gpu.yaml' in out
+  submits = [ln for ln in out.splitlines() if ln.startswith('ray job submit ')]
+  assert len(submits) == 2
+  assert all('-m launch.sweep' in ln and '--backend ray --ray-address auto' in ln and
+             '--max-preemptions 5' in ln and f'--workdir /mnt/sweeps/{workdir.name}' in ln for ln in submits)
+  assert '--ray-resources TPU=8' in submits[0] and '--ray-resources GPU=1' in submits[1]
+  assert not workdir.exists()
+
+
+def test_ray_dry_run_refuses_multi_host_slices_and_knows_tpu_hosts(tmp_path, capsys):
+  extra = ("from launch import tpu\n  c.tpu = tpu.default_config()\n  c.tpu.update(dict(zone='z-a-1'))\n"
+           "  c.tpu.accelerator_type = 'v4-16'")
+  cfg = write_sweep(tmp_path, extra=extra)
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(tmp_path / 'w'), '--backend', 'ray',
+                         '--dry-run']) == 2
+  assert "'v4-16' is a slice of 2 hosts" in capsys.readouterr().err
+  assert [ray_backend.tpu_hosts(t) for t in ('v2-8', 'v4-8', 'v4-32', 'v5p-8', 'v5litepod-8',
+                                             'v5litepod-16', 'v6e-4')] == [
+      (1, 4), (1, 4), (4, 4), (1, 4), (1, 8), (4, 4), (1, 4)]
+  for bad in ('v9-8', 'v4', 'v4-x'):
+    with pytest.raises(ValueError, match='accelerator_type'):
+      ray_backend.tpu_hosts(bad)
+  assert ray_backend.parse_resources('TPU=4, CPU=8') == {'TPU': 4.0, 'CPU': 8.0}
+  assert ray_backend.parse_resources('') == {'CPU': 1.0}

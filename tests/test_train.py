@@ -103,3 +103,49 @@ def test_run_without_an_xla_cost_model_says_so_and_trains(tmp_path, monkeypatch,
   assert summary['flops_xla'] is None
   assert summary['flops_xla_method'].startswith('unavailable: XLA gives no cost analysis')
   assert 'XLA count unavailable' in capsys.readouterr().out
+
+
+def test_cooldown_branch_equals_a_run_trained_to_its_length(tmp_path):
+  """A WSD cooldown branched from a longer run's constant phase = the same WSD run from scratch."""
+  def wsd(steps, **train):
+    c = small_config(steps=steps)
+    c.optim.update(dict(schedule='wsd', decay_fraction=0.25, warmup_steps=3))
+    c.train.update(dict(eval_every=steps, log_every=1, checkpoint_every=0, **train))
+    return c
+
+  branch_at = 15  # decay_start of a 20-step run with decay_fraction 0.25.
+  parent = loop.run(wsd(40, checkpoint_steps=str(branch_at)), str(tmp_path / 'parent'))
+  assert parent['steps'] == 40
+  branch = loop.run(wsd(20, init_from=f'{tmp_path / "parent"}:{branch_at}'), str(tmp_path / 'branch'))
+  alone = loop.run(wsd(20), str(tmp_path / 'alone'))
+  assert branch['branch_step'] == branch_at and branch['parent'] == str(tmp_path / 'parent')
+  assert branch['tokens'] == alone['tokens'] == 20 * 8 * 16
+  assert branch['branch_tokens'] == branch_at * 8 * 16
+  assert branch['flops_6nd_own'] == pytest.approx(branch['flops_6nd'] * 5 / 20)
+  np.testing.assert_allclose(branch['eval_loss'], alone['eval_loss'], rtol=1e-6)
+  curve = json.load(open(tmp_path / 'branch' / 'curve.json'))
+  assert [r['step'] for r in curve if r['eval_loss'] is None] == list(range(1, 21))  # Parent's rows too.
+  with pytest.raises(ConfigError, match='after this run.s decay starts'):
+    loop.run(wsd(20, init_from=f'{tmp_path / "parent"}:16'), str(tmp_path / 'late'))
+
+
+@pytest.mark.parametrize('k', [4, 0])
+def test_several_steps_per_call_equal_one_step_per_call(tmp_path, k):
+  """K steps in one lax.scan call (or K chosen automatically) train exactly like K = 1."""
+  def cfg(steps_per_call):
+    c = small_config(steps=22)
+    c.train.update(dict(steps_per_call=steps_per_call, log_every=1, eval_every=10,
+                        checkpoint_every=7))
+    return c
+
+  one = loop.run(cfg(1), str(tmp_path / 'one'))
+  many = loop.run(cfg(k), str(tmp_path / 'many'))
+  rows = lambda d: json.load(open(os.path.join(d, 'curve.json')))
+  got, want = rows(tmp_path / 'many'), rows(tmp_path / 'one')
+  assert [r['step'] for r in got] == [r['step'] for r in want]  # Every row, none twice.
+  # On CPU the scanned step is the same program per step: equal to float32 round-off.
+  np.testing.assert_allclose([r['train_loss'] for r in got], [r['train_loss'] for r in want],
+                             rtol=1e-6)
+  np.testing.assert_allclose(many['eval_loss'], one['eval_loss'], rtol=1e-6)
+  assert sorted(int(n) for n in os.listdir(tmp_path / 'many' / 'checkpoints') if n.isdigit()) == [
+      21, 22]  # keep_checkpoints=2 of 7, 14, 21, 22: checkpoints fall on their steps.

@@ -17,6 +17,7 @@ flags.DEFINE_string('coordinator', None, 'Multi-process: coordinator host:port (
                     '--num_processes and --process_id); on TPU VMs use --multihost instead.')
 flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-process: this process index.')
+flags.DEFINE_bool('debug', False, 'Show the traceback of a run that stops for a known reason.')
 flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() with cluster auto-detection '
                   '(TPU pods, SLURM).')
 flags.mark_flags_as_required(['config', 'workdir'])

@@ -13,15 +13,18 @@ import ml_collections
 from flax import nnx
 
 from configs.load import ConfigError  # noqa: F401  (re-exported: the error of every config check)
-from model import sharding
+from model import moe, sharding
 from model.counts import planned_steps
 from model.transformer import Transformer
+from train.optim import DECAY_SHAPES
 from train.sources import VALID_SOURCES
 
 REMATS = ('none', 'full', 'dots', 'dots_no_batch')
 DTYPES = ('float32', 'bfloat16', 'float16')
 TOKENIZERS = ('byte', 'bpe')
 ATTENTION_IMPLS = ('xla', 'cudnn', None)
+NONFINITE_POLICIES = ('stop', 'skip')
+SCHEDULES = ('cosine', 'wsd')
 
 
 def _positive_ints(c, section: str, keys, errors):
@@ -59,6 +62,8 @@ def model_errors(m) -> list[str]:
   _choice(c, 'model', 'compute_dtype', DTYPES, errors)
   _choice(c, 'model', 'remat', REMATS, errors)
   _choice(c, 'model', 'attention_impl', ATTENTION_IMPLS, errors)
+  if not errors:
+    errors += moe.moe_errors(m)
   return errors
 
 
@@ -98,6 +103,10 @@ def optim_errors(o) -> list[str]:
     errors.append(f'optim.warmup_fraction={o.warmup_fraction}: must be in [0, 1)')
   if not 0 <= o.min_lr_ratio <= 1:
     errors.append(f'optim.min_lr_ratio={o.min_lr_ratio}: must be in [0, 1]')
+  _choice({'optim': o}, 'optim', 'schedule', SCHEDULES, errors)
+  _choice({'optim': o}, 'optim', 'decay_shape', DECAY_SHAPES, errors)
+  if not 0 < o.decay_fraction <= 1:
+    errors.append(f'optim.decay_fraction={o.decay_fraction}: must be in (0, 1]')
   return errors
 
 
@@ -118,9 +127,41 @@ def length_errors(c, earlier_errors: list[str]) -> list[str]:
       errors.append(f'optim.warmup_steps={o.warmup_steps} is not below the {steps} planned steps: '
                     'the run would end before its learning rate decays')
   _positive_ints(c, 'train', ('eval_every', 'eval_batches', 'log_every', 'keep_checkpoints'), errors)
-  for k in ('checkpoint_every', 'peak_flops'):
+  _choice(c, 'train', 'nonfinite', NONFINITE_POLICIES, errors)
+  errors += branch_errors(t)
+  for k in ('checkpoint_every', 'peak_flops', 'max_skips', 'poison_step', 'steps_per_call'):
     if t[k] < 0:
       errors.append(f'train.{k}={t[k]}: must be >= 0')
+  return errors
+
+
+def parse_steps(text: str) -> list[int]:
+  """'100,200' -> [100, 200] (train.checkpoint_steps); ValueError on anything else."""
+  return sorted({int(x) for x in str(text).split(',') if x.strip()})
+
+
+def parse_init_from(text: str) -> tuple[str, int]:
+  """'PARENT_WORKDIR:STEP' -> (workdir, step) (train.init_from); ValueError on anything else."""
+  workdir, sep, step = str(text).rpartition(':')
+  if not sep or not workdir or not step.isdigit() or int(step) < 1:
+    raise ValueError(text)
+  return workdir, int(step)
+
+
+def branch_errors(t) -> list[str]:
+  """Problems with train.checkpoint_steps and train.init_from."""
+  errors = []
+  try:
+    if any(s < 1 for s in parse_steps(t.checkpoint_steps)):
+      raise ValueError
+  except ValueError:
+    errors.append(f'train.checkpoint_steps={t.checkpoint_steps!r}: must be positive steps, '
+                  'comma-separated')
+  if t.init_from:
+    try:
+      parse_init_from(t.init_from)
+    except ValueError:
+      errors.append(f'train.init_from={t.init_from!r}: must be PARENT_WORKDIR:STEP (STEP >= 1)')
   return errors
 
 
@@ -130,7 +171,7 @@ def mesh_errors(c, n_devices: int, n_processes: int) -> tuple[dict[str, int] | N
     mesh = sharding.resolve_mesh_shape(c.mesh, n_devices)
   except ValueError as e:
     return None, [str(e)]
-  errors = []
+  errors = moe.expert_mesh_errors(c.model, mesh)
   batch_shards = math.prod(mesh[a] for a in dict(sharding.RULES)['batch'])
   if c.data.global_batch_size % batch_shards:
     errors.append(f'data.global_batch_size={c.data.global_batch_size} is not divisible by the '

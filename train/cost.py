@@ -20,7 +20,7 @@ import copy
 import math
 import re
 
-from model import sharding
+from model import counts, sharding
 from train import step as step_lib
 
 
@@ -142,9 +142,22 @@ def _measure_one(config, mesh, stage: str) -> dict:
   return cost
 
 
+def _homogeneous(model_cfg) -> bool:
+  """Whether every layer is the same block (dense, or MoE in every layer)."""
+  moe = counts.moe_layers(model_cfg)
+  return not moe or len(moe) == model_cfg.n_layers
+
+
 def _extrapolate(config, mesh, stage: str) -> tuple[dict, dict, dict]:
-  """(total, per layer, outside the layers) per step from unrolled 1- and 2-layer programs."""
+  """(total, per layer, outside the layers) per step from unrolled 1- and 2-layer programs.
+
+  A stack of mixed layers (dense and MoE interleaved) is measured fully
+  unrolled instead; 'per layer' is then the mean over the layers.
+  """
   L = config.model.n_layers
+  if not _homogeneous(config.model):
+    full = _measure_one(_variant(config, scan_layers=False), mesh, stage)
+    return full, {k: v / L for k, v in full.items()}, {k: 0.0 for k in full}
   f1 = _measure_one(_variant(config, n_layers=1, scan_layers=False), mesh, stage)
   if L == 1:
     return f1, {k: v for k, v in f1.items()}, {k: 0.0 for k in f1}
@@ -198,7 +211,9 @@ def measure_step_flops(config, mesh, stage: str = 'lowered', verify: bool = Fals
       'remat': config.model.remat,
       'method': (f'XLA cost analysis ({stage} HLO) of the train step unrolled with 1 and 2 layers: '
                  f'per layer = f(2) - f(1), outside = f(1) - per layer, '
-                 f'total = outside + {config.model.n_layers} x per layer'),
+                 f'total = outside + {config.model.n_layers} x per layer'
+                 if _homogeneous(config.model) else
+                 f'XLA cost analysis ({stage} HLO) of the train step fully unrolled (mixed layers)'),
   }
   if model_flops and config.model.remat != 'none':
     model_total, _, _ = _extrapolate(_variant(config, remat='none'), mesh, stage)

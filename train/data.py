@@ -77,14 +77,22 @@ def eval_batches(split: TokenFile, seq_len: int, global_batch_size: int, n_batch
   return [ds[i] for i in range(len(ds))]
 
 
-def batch_sharding(mesh) -> NamedSharding:
-  return NamedSharding(mesh, sharding.logical_to_spec(('batch', 'seq')))
+def batch_sharding(mesh, stacked: bool = False) -> NamedSharding:
+  """Sharding of a (B, T) batch, or of K stacked batches (K, B, T) for several steps per call."""
+  names = ((None,) if stacked else ()) + ('batch', 'seq')
+  return NamedSharding(mesh, sharding.logical_to_spec(names))
 
 
 def to_global(local_batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-  """Assemble the global batch from every process's local share."""
-  s = batch_sharding(mesh)
+  """Assemble the global batch (B, T), or K stacked ones (K, B, T), from every process's share."""
+  s = batch_sharding(mesh, stacked=next(iter(local_batch.values())).ndim == 3)
   return {k: jax.make_array_from_process_local_data(s, v) for k, v in local_batch.items()}
+
+
+def next_batches(iterator, k: int) -> dict[str, np.ndarray]:
+  """The next k local batches stacked on a leading axis: (k, B_local, T) per key."""
+  batches = [next(iterator) for _ in range(k)]
+  return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
 
 
 def synthetic_stream(vocab_size: int, n_tokens: int, seed: int, branching: int = 4) -> np.ndarray:

@@ -14,10 +14,14 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import statistics
 import time
 
 import jax
+from jax.experimental import multihost_utils
+
+from configs import cli
 
 from model import sharding
 from model.counts import model_flops_per_token, param_counts, planned_steps, tokens_per_step
@@ -26,12 +30,15 @@ from train import config_check
 from train import cost
 from train import data as data_lib
 from train import hardware
+from train import optim
 from train import step as step_lib
 from train.metrics import Reporter, write_json_atomic
 from train.tokens import bits_per_byte
 
 # Parts of the config that must match to resume a workdir (mesh and logging may change).
 RESUME_KEYS = ('seed', 'model', 'data', 'optim', 'train.steps', 'train.tokens', 'train.flops')
+CALL_SECONDS = 0.05  # train.steps_per_call=0 picks K for at least this much work per call.
+MAX_STEPS_PER_CALL = 64
 # Within those, keys that may differ (where the cache lives, how many loader workers).
 RESUME_FREE = ('data.cache_dir', 'data.worker_count')
 
@@ -100,6 +107,8 @@ class Throughput:
   def log(self, step: int) -> float | None:
     """Called at a train log of `step`: tokens/s since the previous log (None at the first)."""
     now, tps = time.perf_counter(), None
+    if self.last_time is not None and now - self.last_time < 1e-3:
+      return None  # Several logged steps fetched together (one multi-step call): count them once.
     if self.last_time is not None:
       self.intervals.append((now - self.last_time, step - self.last_step))
       tps = (step - self.last_step) * self.tokens_per_step / (now - self.last_time)
@@ -114,6 +123,48 @@ class Throughput:
   def median(self) -> float | None:
     """Median tokens/s over log intervals (the first, which includes compilation, is never one)."""
     return statistics.median(n * self.tokens_per_step / t for t, n in self.intervals) if self.intervals else None
+
+
+class NonFinite(cli.Stop, FloatingPointError):
+  """Training stopped on a non-finite loss or gradient norm (exit status cli.NONFINITE)."""
+
+  def __init__(self, message: str):
+    super().__init__(message, cli.NONFINITE)
+
+
+class Preemption:
+  """SIGTERM/SIGINT -> stop after the current step, at the same step on every process.
+
+  One process: the signal sets a flag (a second signal kills as usual). Several
+  processes (after jax.distributed.initialize): JAX's preemption sync point,
+  which JAX's coordination service raises on every process at one step.
+  """
+
+  def __init__(self):
+    self.signal = None
+    self.multi = jax.process_count() > 1
+    self.previous = {}
+    if not self.multi:
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self.previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+    for sig, old in self.previous.items():  # A second signal acts as it would have.
+      signal.signal(sig, old)
+
+  def requested(self, step: int) -> bool:
+    if self.multi:
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.signal = self.signal or 'SIGTERM'
+        return True
+      return False
+    return self.signal is not None
+
+  def close(self) -> None:
+    for sig, old in self.previous.items():
+      signal.signal(sig, old)
 
 
 @dataclasses.dataclass
@@ -133,13 +184,54 @@ class Run:
   checkpointer: ckpt_lib.Checkpointer
   report: Reporter
   peak_total: float
+  skipped: int = 0  # Updates dropped by train.nonfinite='skip'.
+  extra_checkpoints: frozenset = frozenset()  # train.checkpoint_steps (kept: branch points).
+  multi_steps: dict = dataclasses.field(default_factory=dict)  # K -> compiled K-step call.
 
   def bpb(self, loss: float) -> float | None:
     n_bytes = self.splits.val.n_bytes
     return bits_per_byte(loss, len(self.splits.val), n_bytes) if n_bytes else None
 
+  def multi_step(self, k: int):
+    """The compiled call of K steps (one lax.scan), compiled the first time it is needed."""
+    if k not in self.multi_steps:
+      t0 = time.perf_counter()
+      self.multi_steps[k] = self.program.multi_step.lower(
+          self.program.abstract_state, self.program.abstract_batch(self.config, k)).compile()
+      self.report.console(f'compiled {k} steps per call in {time.perf_counter() - t0:.1f} s')
+    return self.multi_steps[k]
+
   def flops_6nd(self, step: int) -> float:
-    return 6.0 * self.counts.with_head * step * self.tokens_per_step
+    return 6.0 * self.counts.active * step * self.tokens_per_step  # Active N (== with head if dense).
+
+
+def _parent_dir(config) -> str | None:
+  """The parent run of a cooldown branch (train.init_from), or None."""
+  return config_check.parse_init_from(config.train.init_from)[0] if config.train.init_from else None
+
+
+def _branch(config, r) -> dict:
+  """summary.json's record of a cooldown branch: parent, branch point, compute of its own steps."""
+  if not config.train.init_from:
+    return {}
+  parent, step = config_check.parse_init_from(config.train.init_from)
+  own = (r.steps - step) * r.tokens_per_step
+  return {'parent': os.path.abspath(parent), 'branch_step': step,
+          'branch_tokens': step * r.tokens_per_step,
+          'flops_6nd_own': 6.0 * r.counts.active * own}
+
+
+def _make_workdir(workdir: str) -> None:
+  """Create --workdir, or stop with one message naming it (a file, an unwritable parent, ...)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise config_check.ConfigError(f'--workdir {workdir!r} is a file, not a folder')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise config_check.ConfigError(f'--workdir {workdir!r} cannot be created: {e.strerror} '
+                                   f'({e.filename})') from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise config_check.ConfigError(f'--workdir {workdir!r} is not writable')
 
 
 def _prepare_data(config):
@@ -175,17 +267,58 @@ def _measure_flops(config, mesh) -> dict:
 
 
 def _restore_or_init(config, program, checkpointer, train_iter, mesh):
+  """(step, state): this run's newest intact checkpoint (bad ones are moved aside); else the
+  parent's checkpoint for a cooldown branch (train.init_from); else a new state."""
   with sharding.use_mesh(mesh):
-    start = checkpointer.latest_step() or 0
-    if start:
-      return start, checkpointer.restore(start, program.abstract_state, train_iter)
-    return 0, step_lib.init_state(config, program)
+    try:
+      start, state = checkpointer.restore_latest(program.abstract_state, train_iter)
+      if not start and config.train.init_from:
+        start, state = _restore_parent(config, program, train_iter)
+    except ckpt_lib.CheckpointMismatch as e:
+      raise config_check.ConfigError(str(e)) from None
+    return (start, state) if start else (0, step_lib.init_state(config, program))
+
+
+def _restore_parent(config, program, train_iter):
+  """A WSD cooldown branch starts from its parent's checkpoint at the branch step.
+
+  The parent must be the same run up to that step: same seed, model, data and
+  optimizer (a WSD schedule with the same peak is the same curve until either
+  run's decay starts); only the run length may differ.
+  """
+  parent, step = config_check.parse_init_from(config.train.init_from)
+  path = os.path.join(parent, 'config.json')
+  if not os.path.isfile(path):
+    raise config_check.ConfigError(f'train.init_from={config.train.init_from!r}: {parent} holds '
+                                   'no run (no config.json)')
+  with open(path) as f:
+    old = json.load(f)
+  new = json.loads(config.to_json())
+  diff = [k for k in ('seed', 'model', 'data', 'optim') if _get(old, k) != _get(new, k)]
+  if diff:
+    raise config_check.ConfigError(f'train.init_from: the parent {parent} differs in '
+                                   f'{", ".join(diff)}; a branch changes only the run length')
+  if step > optim.decay_start(config):
+    raise config_check.ConfigError(
+        f'train.init_from step {step} is after this run\'s decay starts (step '
+        f'{optim.decay_start(config)}): a branch must start in the constant phase')
+  source = ckpt_lib.Checkpointer(parent, keep=None, create=False)
+  try:
+    if step not in source.all_steps():
+      raise config_check.ConfigError(f'train.init_from: {parent} has no checkpoint of step {step} '
+                                     f'(it has {sorted(source.all_steps())})')
+    return step, source.restore(step, program.abstract_state, train_iter)
+  except ckpt_lib.CheckpointCorrupt as e:
+    raise config_check.ConfigError(f'train.init_from: {e}') from None
+  finally:
+    source.close()
 
 
 def _report_start(r: Run, start: int, xla: dict, peak: float, peak_source: str) -> None:
   c, report, tps = r.counts, r.report, r.tokens_per_step
+  active = f', {c.active:,} active per token' if c.active != c.with_head else ''
   report.console(f'{c.total:,} params ({c.with_head:,} with head, '
-                 f'{c.non_embedding:,} non-embedding) | mesh {r.mesh_shape} | '
+                 f'{c.non_embedding:,} non-embedding{active}) | mesh {r.mesh_shape} | '
                  f'{r.steps} steps x {tps:,} tokens | data {r.splits.tokenizer_name} '
                  f'({len(r.splits.train):,} train / {len(r.splits.val):,} val tokens) | '
                  f'peak {peak:.3g} FLOP/s/device ({peak_source})')
@@ -198,18 +331,49 @@ def _report_start(r: Run, start: int, xla: dict, peak: float, peak_source: str) 
                      'model_per_step': r.flops_per_token * tps}, 'flops')
   xla_text = (f'XLA {xla["flops_xla"]:.4g} (model {xla["flops_xla_model"]:.4g})'
               if xla['flops_xla'] else f'XLA count {xla["method"]}')
-  report.console(f'FLOPs per step: {xla_text}, 6ND {6.0 * c.with_head * tps:.4g}, '
+  report.console(f'FLOPs per step: {xla_text}, 6ND {6.0 * c.active * tps:.4g}, '
                  f'MFU count {r.flops_per_token * tps:.4g}')
 
 
-def _log_train(r: Run, s: int, metrics, timer: Throughput) -> float:
-  """Fetch step `s`'s metrics (one step late), stop on a non-finite loss, log on log steps."""
-  m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+def _fetch(pending) -> list[tuple[int, dict]]:
+  """(step, metrics as floats) of a call's steps: one fetch for all K steps of a multi-step call."""
+  steps, metrics = pending
+  host = jax.device_get(metrics)
+  if len(steps) == 1 and not any(getattr(v, 'ndim', 0) for v in host.values()):
+    return [(steps[0], {k: float(v) for k, v in host.items()})]
+  return [(s, {k: float(v[i]) for k, v in host.items()}) for i, s in enumerate(steps)]
+
+
+def _log_calls(r: Run, pending, timer: Throughput) -> float:
+  """Log every step of a finished call (fetched one call late); returns the last train loss."""
+  train_loss = float('nan')
+  for s, m in _fetch(pending):
+    train_loss = _log_train(r, s, m, timer)
+  return train_loss
+
+
+def _log_train(r: Run, s: int, m: dict, timer: Throughput) -> float:
+  """Apply the non-finite policy to step `s`'s metrics, and log them on log steps.
+
+  Returns the step's train loss (NaN for a skipped step).
+  """
   train_loss = m['loss']
-  if not math.isfinite(train_loss):
-    raise FloatingPointError(f'training loss became {train_loss} at step {s}; the last good '
-                             f'checkpoint (if any) is in {r.checkpointer.dir}')
-  if s % r.config.train.log_every == 0 or s == r.steps:
+  t = r.config.train
+  if not (math.isfinite(train_loss) and math.isfinite(m['grad_norm'])):
+    what = f'training loss became {train_loss} (grad norm {m["grad_norm"]}) at step {s}'
+    if t.nonfinite == 'skip':
+      r.skipped += 1
+      r.report.scalars(s, {'skipped_updates': r.skipped}, 'train')
+      r.report.console(f'skipped the update of step {s} ({what}); {r.skipped} skipped so far')
+      if r.skipped <= t.max_skips:
+        return float('nan')
+      raise NonFinite(f'{r.skipped} non-finite updates skipped, more than train.max_skips='
+                      f'{t.max_skips} (last: {what}); the last good checkpoint (if any) is in '
+                      f'{r.checkpointer.dir}')
+    raise NonFinite(f'{what}; nothing was logged or checkpointed from it; the last good '
+                    f'checkpoint (if any) is in {r.checkpointer.dir}. '
+                    '--config.train.nonfinite=skip drops such updates instead.')
+  if s % t.log_every == 0 or s == r.steps:
     tps = timer.log(s)
     m.update(tokens=s * r.tokens_per_step, flops_6nd=r.flops_6nd(s))
     if tps:
@@ -235,33 +399,99 @@ def _log_eval(r: Run, s: int, state, val_batches, train_loss: float) -> float:
   return eval_loss
 
 
-def _train(r: Run, state, start: int, train_iter, val_batches, timer: Throughput,
-           startup: Startup) -> tuple[float, float]:
-  """Steps start+1..steps with evals and checkpoints; returns (final train loss, eval loss)."""
+def _save(r: Run, s: int, state, train_iter) -> None:
+  """Checkpoint step `s` (with the data iterator; synchronous) and flush the curve."""
+  try:
+    r.checkpointer.save(s, state, train_iter)
+  except (ckpt_lib.CheckpointError, OSError) as e:
+    raise cli.Stop(str(e), cli.STORAGE_ERROR) from e
+  r.report.flush()
+
+
+def _next_stop(r: Run, s: int) -> int:
+  """The first step after `s` that a call must end on: an eval, a checkpoint or the last step."""
   t = r.config.train
-  pending = None  # (step, metrics on device): fetched one step late.
+  stops = [r.steps, (s // t.eval_every + 1) * t.eval_every]
+  if t.checkpoint_every:
+    stops.append((s // t.checkpoint_every + 1) * t.checkpoint_every)
+  return min(stops + [x for x in r.extra_checkpoints if x > s])
+
+
+def _calibrate(r: Run, state, train_iter, s: int, timer: Throughput):
+  """train.steps_per_call=0: time 3 single steps, choose K for >= CALL_SECONDS of work per call."""
+  times = []
+  for _ in range(3):
+    if s >= _next_stop(r, s) - 1 or s + 1 >= r.steps:
+      break
+    batch = data_lib.to_global(next(train_iter), r.mesh)
+    t0 = time.perf_counter()
+    state, metrics = r.train_step(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+    s += 1
+    _log_calls(r, ((s,), metrics), timer)
+  step_s = statistics.median(times) if times else CALL_SECONDS
+  k = int(min(MAX_STEPS_PER_CALL, max(1, math.ceil(CALL_SECONDS / step_s))))
+  r.report.console(f'steps per call: {k} (train.steps_per_call=0: {1e3 * step_s:.1f} ms per step)')
+  return state, s, k
+
+
+def _train(r: Run, state, start: int, train_iter, val_batches, timer: Throughput,
+           startup: Startup, preemption: Preemption) -> tuple[float, float]:
+  """Steps start+1..steps with evals and checkpoints; returns (final train loss, eval loss).
+
+  Each call runs K = train.steps_per_call steps (one lax.scan) or, where the
+  next eval or checkpoint is closer than K steps, single steps up to it: evals,
+  checkpoints and preemption stops fall on call boundaries. A call's metrics
+  are fetched while the next call runs; before an eval, a checkpoint or a
+  preemption stop they are fetched first, so the curve always holds every
+  logged row up to the saved step.
+  """
+  t = r.config.train
+  k = t.steps_per_call
+  pending = None  # ((steps of the call), metrics on device): fetched one call late.
   train_loss = eval_loss = float('nan')
+  s = start
   with sharding.use_mesh(r.mesh):
-    for s in range(start + 1, r.steps + 1):
-      batch = data_lib.to_global(next(train_iter), r.mesh)
-      state, metrics = r.train_step(state, batch)
-      if s == start + 1:
+    while s < r.steps:
+      if k == 0:
+        state, s, k = _calibrate(r, state, train_iter, s, timer)
+        timer.pause(s)
+        continue
+      if k > 1 and _next_stop(r, s) - s >= k:
+        batches = data_lib.to_global(data_lib.next_batches(train_iter, k), r.mesh)
+        state, metrics = r.multi_step(k)(state, batches)
+        steps = tuple(range(s + 1, s + k + 1))
+      else:
+        batch = data_lib.to_global(next(train_iter), r.mesh)
+        state, metrics = r.train_step(state, batch)
+        steps = (s + 1,)
+      if s == start:
         startup.done('first step')
         r.report.console(startup.line())
       if pending is not None:
-        train_loss = _log_train(r, *pending, timer)
-      pending = (s, metrics)
-      if s % t.eval_every == 0 or s == r.steps:
-        train_loss = _log_train(r, *pending, timer)
+        train_loss = _log_calls(r, pending, timer)
+      pending, s = (steps, metrics), steps[-1]
+      is_eval = s % t.eval_every == 0 or s == r.steps
+      is_ckpt = (t.checkpoint_every and (s % t.checkpoint_every == 0 or s == r.steps)
+                 or s in r.extra_checkpoints)
+      stop = s < r.steps and preemption.requested(s)
+      if is_eval or is_ckpt or stop:
+        train_loss = _log_calls(r, pending, timer)
         pending = None
+      if is_eval:
         eval_loss = _log_eval(r, s, state, val_batches, train_loss)
         timer.pause(s)
-      if t.checkpoint_every and (s % t.checkpoint_every == 0 or s == r.steps):
-        r.checkpointer.save(s, state, train_iter)
-        r.report.flush()  # The curve up to a checkpoint survives a crash after it.
+      if is_ckpt or stop:
+        _save(r, s, state, train_iter)
         timer.pause(s)
+      if stop:
+        r.report.console(f'{preemption.signal}: stopped after step {s}/{r.steps}; checkpoint saved '
+                         f'in {r.checkpointer.dir}; rerun the same command to resume')
+        raise cli.Stop(f'preempted ({preemption.signal}) after step {s}; rerun to resume',
+                       cli.PREEMPTED)
     if pending is not None:
-      train_loss = _log_train(r, *pending, timer)
+      train_loss = _log_calls(r, pending, timer)
     if start >= r.steps:  # Already finished: report the final state again.
       eval_loss = evaluate(r.program, state, val_batches, r.mesh)
       train_loss = next((row['train_loss'] for row in reversed(r.report.curve)), train_loss)
@@ -276,7 +506,7 @@ def _summary(r: Run, xla: dict, timer: Throughput, train_loss: float, eval_loss:
       **r.counts.as_dict(),
       'tokens': tokens,
       'steps': r.steps,
-      'flops_6nd': 6.0 * r.counts.with_head * tokens,
+      'flops_6nd': 6.0 * r.counts.active * tokens,  # params_total beside it: MoE stores more.
       'model_flops_per_token': r.flops_per_token,
       'flops_xla': xla['flops_xla'] and xla['flops_xla'] * r.steps,
       'flops_xla_model': xla['flops_xla_model'] and xla['flops_xla_model'] * r.steps,
@@ -291,9 +521,11 @@ def _summary(r: Run, xla: dict, timer: Throughput, train_loss: float, eval_loss:
       'n_devices': jax.device_count(),
       'mesh': r.mesh_shape,
       'wall_seconds': wall,
+      'skipped_updates': r.skipped,
       'timed_steps': sum(n for _, n in timer.intervals),
       'timed_seconds': sum(t for t, _ in timer.intervals),
       'startup': startup.as_dict(),
+      **_branch(r.config, r),
       'data': r.splits.manifest,
       'config': json.loads(r.config.to_json()),
   }
@@ -309,7 +541,7 @@ def run(config, workdir: str, t_process_start: float | None = None) -> dict:
   startup.done('imports')
   mesh_shape = config_check.validate(config, jax.device_count(), jax.process_count(),
                                      check_shapes=False)
-  os.makedirs(workdir, exist_ok=True)
+  _make_workdir(workdir)
   _check_same_run(workdir, config)
   mesh = sharding.make_mesh(config.mesh)
   splits, train_iter, val_batches = _prepare_data(config)
@@ -318,7 +550,9 @@ def run(config, workdir: str, t_process_start: float | None = None) -> dict:
   startup.done('trace and compile')
   xla = _measure_flops(config, mesh)
   startup.done('FLOP measurement')
-  checkpointer = ckpt_lib.Checkpointer(workdir, config.train.keep_checkpoints)
+  extra = frozenset(config_check.parse_steps(config.train.checkpoint_steps))
+  # Branch points must survive: a run with train.checkpoint_steps keeps every checkpoint.
+  checkpointer = ckpt_lib.Checkpointer(workdir, None if extra else config.train.keep_checkpoints)
   start, state = _restore_or_init(config, program, checkpointer, train_iter, mesh)
   startup.done('restore' if start else 'init')
   peak, peak_source = hardware.peak_flops_per_device(config.train.peak_flops)
@@ -327,15 +561,20 @@ def run(config, workdir: str, t_process_start: float | None = None) -> dict:
           steps=planned_steps(config), tokens_per_step=tokens_per_step(config),
           flops_per_token=model_flops_per_token(config.model, config.data.seq_len),
           counts=param_counts(config.model), splits=splits, program=program, train_step=compiled,
-          checkpointer=checkpointer, report=Reporter(workdir, resume_step=start),
-          peak_total=peak * jax.device_count())
+          checkpointer=checkpointer, report=Reporter(workdir, resume_step=start,
+                                                     parent=_parent_dir(config)),
+          peak_total=peak * jax.device_count(), extra_checkpoints=extra)
   _report_start(r, start, xla, peak, peak_source)
   timer = Throughput(start, r.tokens_per_step)
   t0 = time.perf_counter()
+  preemption = Preemption()
   try:
-    train_loss, eval_loss = _train(r, state, start, train_iter, val_batches, timer, startup)
+    train_loss, eval_loss = _train(r, state, start, train_iter, val_batches, timer, startup,
+                                   preemption)
   finally:
-    checkpointer.close()  # Finish an in-flight save even when the run stops with an error.
+    preemption.close()
+    r.report.flush()
+    checkpointer.close()
   summary = _summary(r, xla, timer, train_loss, eval_loss, peak, peak_source,
                      time.perf_counter() - t0, startup)
   if jax.process_index() == 0:

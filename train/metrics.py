@@ -29,16 +29,22 @@ def _jsonable(x):
 class Reporter:
   """TensorBoard (tensorboardX) events, curve.json rows and console lines, from process 0."""
 
-  def __init__(self, workdir: str, resume_step: int = 0):
+  def __init__(self, workdir: str, resume_step: int = 0, parent: str | None = None):
+    """`parent`: a cooldown branch's parent run, whose curve up to `resume_step` starts this one."""
     self.enabled = jax.process_index() == 0
     self.curve_path = os.path.join(workdir, 'curve.json')
     self.curve = []
     self.writer = None
     if self.enabled:
       from tensorboardX import SummaryWriter  # Local: only process 0 needs it.
-      self.writer = SummaryWriter(logdir=workdir, flush_secs=10)
-      if os.path.exists(self.curve_path):  # Resumed: keep rows up to the restored step.
-        with open(self.curve_path) as f:
+      # Resumed at step c: TensorBoard hides the old events of steps > c (they are logged again).
+      self.writer = SummaryWriter(logdir=workdir, flush_secs=10,
+                                  purge_step=resume_step + 1 if resume_step else 0)
+      source = self.curve_path
+      if not os.path.exists(source) and parent:  # A new branch: the parent's rows up to the branch.
+        source = os.path.join(parent, 'curve.json')
+      if os.path.exists(source):  # Resumed: keep rows up to the restored step.
+        with open(source) as f:
           self.curve = [r for r in json.load(f) if r['step'] <= resume_step]
 
   def text(self, tag: str, text: str) -> None:

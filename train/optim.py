@@ -1,24 +1,59 @@
-"""Run length, learning-rate schedule and the optax optimizer."""
+"""Learning-rate schedules (cosine, warmup-stable-decay) and the optax optimizer."""
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from model.counts import planned_steps
 
 
+DECAY_SHAPES = ('linear', 'cosine', '1-sqrt')
+
+
+def warmup_steps(config) -> int:
+  """Linear warmup steps: optim.warmup_steps, else optim.warmup_fraction of the planned steps."""
+  o, steps = config.optim, planned_steps(config)
+  return min(o.warmup_steps or int(o.warmup_fraction * steps), steps - 1)
+
+
+def decay_start(config) -> int:
+  """WSD: the last step at peak LR; the decay covers steps decay_start+1 .. planned steps."""
+  steps = planned_steps(config)
+  return max(warmup_steps(config), steps - round(config.optim.decay_fraction * steps))
+
+
 def schedule(config) -> optax.Schedule:
-  """Linear warmup to optim.lr, cosine decay to min_lr_ratio * lr at the planned end.
+  """The LR at each update: warmup to optim.lr, then cosine or warmup-stable-decay to min_lr_ratio * lr.
+
+  'cosine': cosine decay from the end of warmup to the planned end (Chinchilla).
+  'wsd' (Hägele et al. 2024): constant at the peak until `decay_start`, then
+  decay over the last optim.decay_fraction of the steps with shape
+  optim.decay_shape: 'linear', 'cosine' or '1-sqrt' (1 - sqrt(progress)). A
+  WSD run to D steps follows exactly the trajectory of any longer WSD run
+  with the same peak until its own decay starts: cooldowns branch from it.
 
   The optimizer calls the schedule with the update count (0 for step 1), so the
   curve is shifted by one: step 1 already has a non-zero rate and the last
   planned step gets exactly min_lr_ratio * lr.
   """
-  o, steps = config.optim, planned_steps(config)
-  warmup = min(o.warmup_steps or int(o.warmup_fraction * steps), steps - 1)
-  base = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=o.lr, warmup_steps=warmup, decay_steps=steps,
-      end_value=o.lr * o.min_lr_ratio)
-  return lambda count: base(count + 1)
+  o, steps, warmup = config.optim, planned_steps(config), warmup_steps(config)
+  lo = o.lr * o.min_lr_ratio
+  if o.schedule == 'cosine':
+    base = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=o.lr, warmup_steps=warmup, decay_steps=steps, end_value=lo)
+    return lambda count: base(count + 1)
+  start = decay_start(config)
+  shape = {'linear': lambda p: 1.0 - p, 'cosine': lambda p: 0.5 * (1.0 + jnp.cos(jnp.pi * p)),
+           '1-sqrt': lambda p: 1.0 - jnp.sqrt(p)}[o.decay_shape]
+
+  def wsd(count):
+    step = jnp.asarray(count, jnp.float32) + 1.0
+    warm = o.lr * step / max(warmup, 1)
+    progress = jnp.clip((step - start) / max(steps - start, 1), 0.0, 1.0)
+    decayed = lo + (o.lr - lo) * shape(progress)
+    return jnp.where(step <= warmup, warm, jnp.where(step <= start, o.lr, decayed))
+
+  return wsd
 
 
 def _decay_mask(params):

@@ -24,16 +24,23 @@ from train import optim
 
 
 def loss_fn(model: Transformer, batch: dict, z_loss_weight: float):
-  """Mean next-token cross-entropy in nats (float32), plus optional z-loss.
+  """Mean next-token cross-entropy in nats (float32), plus optional z-loss and the MoE losses.
 
-  Returns (total, (cross_entropy, mean (log Z)^2)).
+  Returns (total, (cross_entropy, mean (log Z)^2, moe)); `moe` is `Transformer.forward`'s
+  aux dict ({} for a dense model), whose load-balancing and router z-losses enter the
+  total with the weights model.moe_load_balance_weight and model.moe_router_z_weight.
   """
-  logits_BTV = model(batch['inputs'])
+  logits_BTV, moe = model.forward(batch['inputs'])
   logz_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
   target_BT = jnp.take_along_axis(logits_BTV, batch['targets'][..., None], axis=-1)[..., 0]
   ce = jnp.mean(logz_BT - target_BT)
   z = jnp.mean(jnp.square(logz_BT))
-  return ce + z_loss_weight * z, (ce, z)
+  total = ce + z_loss_weight * z
+  if moe:
+    m = model.cfg
+    total += (m.moe_load_balance_weight * moe['moe_load_balance_loss'] +
+              m.moe_router_z_weight * moe['moe_router_z_loss'])
+  return total, (ce, z, moe)
 
 
 def _create(config):
@@ -51,15 +58,22 @@ class Program:
   batch_sharding: NamedSharding
   train_step: Callable  # (state, batch) -> (state, metrics); donates state.
   eval_step: Callable  # (state, batch) -> summed nats over the batch's tokens.
+  multi_step: Callable  # (state, K stacked batches) -> (state, metrics of each step, (K,)).
 
   def abstract_params(self):
     """The model's parameters of `abstract_state` (for shape checks)."""
     return nnx.filter_state(self.abstract_state[0], nnx.Param)  # State of (model, optimizer).
 
-  def abstract_batch(self, config):
+  def abstract_batch(self, config, steps: int = 0):
+    """The (B, T) batch, or with `steps` = K the (K, B, T) stack of `multi_step`."""
     d = config.data
-    s = jax.ShapeDtypeStruct((d.global_batch_size, d.seq_len), jnp.int32,
-                             sharding=self.batch_sharding)
+    if steps:
+      mesh = self.batch_sharding.mesh
+      s = jax.ShapeDtypeStruct((steps, d.global_batch_size, d.seq_len), jnp.int32,
+                               sharding=data_lib.batch_sharding(mesh, stacked=True))
+    else:
+      s = jax.ShapeDtypeStruct((d.global_batch_size, d.seq_len), jnp.int32,
+                               sharding=self.batch_sharding)
     return {'inputs': s, 'targets': s}
 
 
@@ -75,27 +89,55 @@ def build(config, mesh) -> Program:
   sched = optim.schedule(config)
   z_w = config.optim.z_loss
 
+  t = config.train
+
   def train_step(state, batch):
+    # The arrays before the update (merge shares the state's Variables, update mutates them).
+    old = jax.tree.map(lambda x: x, state) if t.nonfinite == 'skip' else None
     model, opt = nnx.merge(graphdef, state)
     grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
-    (_, (ce, z)), grads = grad_fn(model, batch, z_w)
-    lr = sched(opt.step[...])
+    (_, (ce, z, moe)), grads = grad_fn(model, batch, z_w)
+    step = opt.step[...]  # Updates done so far: this is step `step + 1`.
+    if t.poison_step:  # Test hook (train.poison_step): NaN gradients at one chosen step.
+      grads = jax.tree.map(lambda g: jnp.where(step + 1 == t.poison_step, jnp.nan, g), grads)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(ce) & jnp.isfinite(grad_norm)  # Checked before anything is applied.
+    lr = sched(step)
     opt.update(model, grads)
-    metrics = {'loss': ce, 'z_loss': z, 'grad_norm': optax.global_norm(grads), 'lr': lr}
-    return nnx.state((model, opt)), metrics
+    new_state = nnx.state((model, opt))
+    if t.nonfinite == 'skip':  # Drop a non-finite update: keep the old state, count the step.
+      new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, old)
+      model, opt = nnx.merge(graphdef, new_state)
+      opt.step[...] = step + 1
+      new_state = nnx.state((model, opt))
+    metrics = {'loss': ce, 'z_loss': z, 'grad_norm': grad_norm, 'lr': lr,
+               'skipped': (~finite).astype(jnp.float32)}
+    # Scalars only: the per-expert load (E,) goes in as its min and max.
+    metrics.update({k: v for k, v in moe.items() if k != 'moe_expert_load'})
+    if 'moe_expert_load' in moe:
+      metrics.update(moe_load_min=jnp.min(moe['moe_expert_load']),
+                     moe_load_max=jnp.max(moe['moe_expert_load']))
+    return new_state, metrics
 
   def eval_step(state, batch):
     model, _ = nnx.merge(graphdef, state)
-    _, (ce, _) = loss_fn(model, batch, 0.0)
+    _, (ce, _, _) = loss_fn(model, batch, 0.0)
     return ce * batch['targets'].size
 
+  def multi_step(state, batches):
+    """K optimizer steps in one call: a lax.scan of train_step over the stacked batches."""
+    return jax.lax.scan(train_step, state, batches)
+
   b = {'inputs': batch_sharding, 'targets': batch_sharding}
+  stacked = data_lib.batch_sharding(mesh, stacked=True)
   return Program(
       graphdef=graphdef, abstract_state=abstract_state, state_sharding=state_sharding,
       batch_sharding=batch_sharding,
       train_step=jax.jit(train_step, in_shardings=(state_sharding, b),
                          out_shardings=(state_sharding, None), donate_argnums=0),
-      eval_step=jax.jit(eval_step, in_shardings=(state_sharding, b)))
+      eval_step=jax.jit(eval_step, in_shardings=(state_sharding, b)),
+      multi_step=jax.jit(multi_step, in_shardings=(state_sharding, {k: stacked for k in b}),
+                         out_shardings=(state_sharding, None), donate_argnums=0))
 
 
 def init_state(config, program: Program):
