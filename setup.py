@@ -28,8 +28,9 @@ setup(
         'tqdm>=4.66,<5',
     ],
     extras_require={
-        'test': ['pytest>=8,<10'],
-        'tensorboard': ['tensorboard>=2.18'],  # Only to view the logs: `tensorboard --logdir DIR`.
+        # The tests read TensorBoard events with tensorboard's own reader (tested with 2.21).
+        'test': ['pytest>=8,<10', 'tensorboard>=2.18,<3'],
+        'tensorboard': ['tensorboard>=2.18,<3'],  # Only to view the logs: `tensorboard --logdir DIR`.
         # Only for scaling.aot (compile for TPU topologies on a CPU): the libtpu matching jax.
         'tpu-aot': ['jax[tpu]'],
         # Only for `launch.sweep --backend ray`; tested with ray 2.40.0 and 2.60.0 (Python 3.11).

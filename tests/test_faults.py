@@ -66,6 +66,14 @@ def _start_and_signal(workdir, sig, after_step):
   return proc.returncode, ''.join(out) + rest
 
 
+def _events(workdir):
+  """{tag: [steps]} of a run's TensorBoard scalars, read with tensorboard's own reader."""
+  ea = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
+  acc = ea.EventAccumulator(str(workdir), size_guidance={'scalars': 0})
+  acc.Reload()
+  return {t: [e.step for e in acc.Scalars(t)] for t in acc.Tags()['scalars']}
+
+
 def _rows_equal(got, want):
   assert [r['step'] for r in got] == [r['step'] for r in want]  # No row missing or repeated.
   for a, b in zip(got, want):
@@ -97,6 +105,9 @@ def test_kill_9_between_checkpoints_keeps_every_curve_row(reference, tmp_path):
   assert p.returncode == 0, p.stderr[-2000:]
   _rows_equal(curve(tmp_path), curve(reference))
   assert summary(tmp_path)['eval_loss'] == summary(reference)['eval_loss']
+  got, want = _events(tmp_path), _events(reference)
+  for tag in ('train/loss', 'eval/loss', 'vs_tokens/train_loss', 'vs_MFLOPs/eval_loss'):
+    assert got[tag] == want[tag], tag  # TensorBoard too: no row missing or repeated.
 
 
 def test_nan_stop_policy_is_one_message_exit_3_and_no_nan_checkpoint(tmp_path):

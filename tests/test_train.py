@@ -149,3 +149,23 @@ def test_several_steps_per_call_equal_one_step_per_call(tmp_path, k):
   np.testing.assert_allclose(many['eval_loss'], one['eval_loss'], rtol=1e-6)
   assert sorted(int(n) for n in os.listdir(tmp_path / 'many' / 'checkpoints') if n.isdigit()) == [
       21, 22]  # keep_checkpoints=2 of 7, 14, 21, 22: checkpoints fall on their steps.
+
+
+def test_tensorboard_has_compute_axes_and_one_hparams_trial_per_run(finished_run):
+  """Read with tensorboard's own event reader: curves against tokens and FLOPs, an HParams trial."""
+  event_accumulator = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
+  workdir, summary = finished_run
+  acc = event_accumulator.EventAccumulator(workdir, size_guidance={'scalars': 0})
+  acc.Reload()
+  tags = acc.Tags()['scalars']
+  for tag in ('vs_tokens/eval_loss', 'vs_MFLOPs/eval_loss', 'vs_tokens/train_loss', 'eval/loss'):
+    assert tag in tags, tags
+  by_tokens = acc.Scalars('vs_tokens/eval_loss')
+  assert [e.step for e in by_tokens] == [10 * 8 * 16, 20 * 8 * 16]
+  assert by_tokens[-1].value == pytest.approx(summary['eval_loss'], rel=1e-6)
+  mflops = [e.step for e in acc.Scalars('vs_MFLOPs/eval_loss')]
+  assert mflops[-1] == round(summary['flops_6nd'] / 1e6)
+  plugins = acc.PluginTagToContent('hparams')
+  assert '_hparams_/session_start_info' in plugins and '_hparams_/experiment' in plugins
+  assert not [d for d in os.listdir(workdir) if os.path.isdir(os.path.join(workdir, d))
+              and d not in ('checkpoints',)]  # No HParams sub-runs.

@@ -205,6 +205,12 @@ class Run:
     return 6.0 * self.counts.active * step * self.tokens_per_step  # Active N (== with head if dense).
 
 
+def _compute_limits(config, step: int) -> tuple[int, int]:
+  """(tokens, MFLOPs) at `step`: the compute-axis steps of the last row a resume keeps."""
+  tps = tokens_per_step(config)
+  return step * tps, int(round(6.0 * param_counts(config.model).active * step * tps / 1e6))
+
+
 def _parent_dir(config) -> str | None:
   """The parent run of a cooldown branch (train.init_from), or None."""
   return config_check.parse_init_from(config.train.init_from)[0] if config.train.init_from else None
@@ -379,6 +385,7 @@ def _log_train(r: Run, s: int, m: dict, timer: Throughput) -> float:
     if tps:
       m.update(tokens_per_sec=tps, mfu=tps * r.flops_per_token / r.peak_total)
     r.report.scalars(s, m, 'train')
+    r.report.compute_axes({'train_loss': train_loss}, m['tokens'], m['flops_6nd'])
     r.report.curve_row({'step': s, 'tokens': m['tokens'], 'flops': m['flops_6nd'],
                         'train_loss': train_loss, 'eval_loss': None})
     rate = f' | {tps:,.0f} tok/s | MFU {100 * m["mfu"]:.2f}%' if tps else ''
@@ -391,6 +398,8 @@ def _log_eval(r: Run, s: int, state, val_batches, train_loss: float) -> float:
   eval_loss = evaluate(r.program, state, val_batches, r.mesh)
   b = r.bpb(eval_loss)
   r.report.scalars(s, {'loss': eval_loss, 'bpb': b}, 'eval')
+  r.report.compute_axes({'eval_loss': eval_loss, 'eval_bpb': b}, s * r.tokens_per_step,
+                        r.flops_6nd(s))
   r.report.curve_row({'step': s, 'tokens': s * r.tokens_per_step, 'flops': r.flops_6nd(s),
                       'train_loss': train_loss, 'eval_loss': eval_loss})
   r.report.console(f'eval step {s} | loss {eval_loss:.4f} nats/token' +
@@ -400,12 +409,16 @@ def _log_eval(r: Run, s: int, state, val_batches, train_loss: float) -> float:
 
 
 def _save(r: Run, s: int, state, train_iter) -> None:
-  """Checkpoint step `s` (with the data iterator; synchronous) and flush the curve."""
+  """Flush the curve and events up to step `s`, then checkpoint it (with the data iterator).
+
+  The curve goes first: a kill between the two then leaves rows beyond the
+  newest checkpoint (dropped on resume), never a checkpoint without its rows.
+  """
+  r.report.flush()
   try:
     r.checkpointer.save(s, state, train_iter)
   except (ckpt_lib.CheckpointError, OSError) as e:
     raise cli.Stop(str(e), cli.STORAGE_ERROR) from e
-  r.report.flush()
 
 
 def _next_stop(r: Run, s: int) -> int:
@@ -498,6 +511,18 @@ def _train(r: Run, state, start: int, train_iter, val_batches, timer: Throughput
   return train_loss, eval_loss
 
 
+def _report_hparams(r: Run, summary: dict) -> None:
+  """This run as one HParams trial: N, D, C, shape, LR, batch, steps -> final and eval loss."""
+  m, c = r.config.model, r.config
+  r.report.hparams(
+      {'run': os.path.basename(os.path.abspath(r.workdir)), 'N': summary['params_active'],
+       'D': summary['tokens'], 'C': summary['flops_6nd'], 'n_layers': m.n_layers,
+       'd_model': m.d_model, 'n_heads': m.n_heads, 'd_ff': m.d_ff, 'lr': c.optim.lr,
+       'batch_tokens': r.tokens_per_step, 'steps': r.steps, 'schedule': c.optim.schedule},
+      {'hparams/final_train_loss': summary['final_train_loss'],
+       'hparams/eval_loss': summary['eval_loss']})
+
+
 def _summary(r: Run, xla: dict, timer: Throughput, train_loss: float, eval_loss: float,
              peak: float, peak_source: str, wall: float, startup: Startup) -> dict:
   tps = timer.median()
@@ -561,8 +586,9 @@ def run(config, workdir: str, t_process_start: float | None = None) -> dict:
           steps=planned_steps(config), tokens_per_step=tokens_per_step(config),
           flops_per_token=model_flops_per_token(config.model, config.data.seq_len),
           counts=param_counts(config.model), splits=splits, program=program, train_step=compiled,
-          checkpointer=checkpointer, report=Reporter(workdir, resume_step=start,
-                                                     parent=_parent_dir(config)),
+          checkpointer=checkpointer,
+          report=Reporter(workdir, resume_step=start, parent=_parent_dir(config),
+                          compute_limits=_compute_limits(config, start)),
           peak_total=peak * jax.device_count(), extra_checkpoints=extra)
   _report_start(r, start, xla, peak, peak_source)
   timer = Throughput(start, r.tokens_per_step)
@@ -579,6 +605,7 @@ def run(config, workdir: str, t_process_start: float | None = None) -> dict:
                      time.perf_counter() - t0, startup)
   if jax.process_index() == 0:
     write_json_atomic(os.path.join(workdir, 'summary.json'), summary)
+  _report_hparams(r, summary)
   r.report.close()
   r.report.console(f'done: eval loss {eval_loss:.4f} | summary {os.path.join(workdir, "summary.json")}'
                    f' | TensorBoard: tensorboard --logdir {os.path.abspath(workdir)}')
