@@ -41,7 +41,9 @@ def main(argv=None) -> int:
   print(f'  runs (summary.json, curve.json, train.log, TensorBoard events): {workdir}/<run>/')
   if os.path.isfile(os.path.join(fit_dir, 'fit.json')):
     print(f'  fit: {os.path.join(fit_dir, "fit.json")} and PNGs in {fit_dir}')
-  print(f'  TensorBoard (training curves and the fit): tensorboard --logdir {workdir}')
+    print(f'  one-page report: {os.path.join(fit_dir, "report.html")} (and report.md, points.csv)')
+  print(f'  TensorBoard (curves against tokens and FLOPs, HParams per run, the fit):\n'
+        f'    .venv/bin/pip install tensorboard && .venv/bin/tensorboard --logdir {workdir}')
   return rc
 
 

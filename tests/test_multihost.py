@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -59,3 +60,36 @@ def test_two_processes_match_one_process(tmp_path):
   # Both processes wrote their own grain iterator state into the shared checkpoint.
   data_dir = tmp_path / 'multi' / 'checkpoints' / '6' / 'data'
   assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(os.listdir(data_dir))
+
+
+@pytest.mark.slow
+def test_sigterm_stops_both_processes_at_one_step_and_they_resume(tmp_path):
+  """Preemption across hosts: JAX's preemption sync point makes every process save the same step."""
+  long = ['--config.train.steps=400', '--config.train.eval_every=400', '--config.train.log_every=1',
+          '--config.train.checkpoint_every=0']
+  port = _free_port()
+  workdir = str(tmp_path / 'multi')
+  procs = [_train(workdir, 4, [*long, '--coordinator', f'localhost:{port}', '--num_processes=2',
+                               f'--process_id={i}']) for i in range(2)]
+  out0 = []
+  for line in procs[0].stdout:  # Process 0 logs; signal both once training is under way.
+    out0.append(line)
+    if 'step 20/400' in line:
+      for p in procs:
+        p.send_signal(signal.SIGTERM)
+      break
+  outs = [''.join(out0) + procs[0].communicate(timeout=300)[0], procs[1].communicate(timeout=300)[0]]
+  assert [p.returncode for p in procs] == [75, 75], outs
+  stopped = int(outs[0].split('stopped after step ')[1].split('/')[0])
+  saved = [int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints')) if n.isdigit()]
+  assert saved == [stopped]
+  data_dir = os.path.join(workdir, 'checkpoints', str(stopped), 'data')
+  assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(os.listdir(data_dir))
+  port = _free_port()
+  procs = [_train(workdir, 4, [*long, '--coordinator', f'localhost:{port}', '--num_processes=2',
+                               f'--process_id={i}']) for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  assert f'resumed from step {stopped}' in outs[0]
+  curve = json.load(open(os.path.join(workdir, 'curve.json')))
+  assert [r['step'] for r in curve if r['eval_loss'] is None] == list(range(1, 401))
