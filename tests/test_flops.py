@@ -6,20 +6,11 @@ import sys
 
 import pytest
 
-from configs import tiny_cpu
 from model import counts
 from scaling import flops
+from test_cost import _cfg  # The same tiny configs as the measurement tests.
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _cfg(n_layers=2, mesh=(1, 1, 1), **model):
-  c = tiny_cpu.get_config()
-  c.model.n_layers = n_layers
-  for k, v in model.items():
-    c.model[k] = v
-  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
-  return c
 
 
 # ------------------------------------------------------------------ analytic

@@ -464,10 +464,13 @@ def _train(r: Run, state, start: int, train_iter, val_batches, timer: Throughput
   k = t.steps_per_call
   pending = None  # ((steps of the call), metrics on device): fetched one call late.
   train_loss = eval_loss = float('nan')
-  s = start
+  s, first = start, True
   with sharding.use_mesh(r.mesh):
     while s < r.steps:
       if k == 0:
+        startup.done('first step')
+        r.report.console(startup.line())
+        first = False
         state, s, k = _calibrate(r, state, train_iter, s, timer)
         timer.pause(s)
         continue
@@ -479,9 +482,10 @@ def _train(r: Run, state, start: int, train_iter, val_batches, timer: Throughput
         batch = data_lib.to_global(next(train_iter), r.mesh)
         state, metrics = r.train_step(state, batch)
         steps = (s + 1,)
-      if s == start:
+      if first:
         startup.done('first step')
         r.report.console(startup.line())
+        first = False
       if pending is not None:
         train_loss = _log_calls(r, pending, timer)
       pending, s = (steps, metrics), steps[-1]
