@@ -23,17 +23,12 @@ import time
 
 import ml_collections
 
+from configs.tpu import tpu_block
+
 
 def default_config() -> ml_collections.ConfigDict:
-  """The `tpu` block of a sweep config, with every field commented."""
-  t = ml_collections.ConfigDict()
-  t.name = ''  # TPU VM (slice) name, as in `gcloud compute tpus tpu-vm list`.
-  t.zone = ''  # Its zone, e.g. 'us-central2-b'.
-  t.project = ''  # GCP project; '' = gcloud's default.
-  t.repo_dir = '~/chinchax'  # Checkout of this repository on every worker.
-  t.python = 'python3'  # Interpreter on the workers (with jax[tpu] installed).
-  t.workdir = 'gs://BUCKET/sweeps/NAME'  # Sweep folder as the workers see it (shared: gs:// or a per-worker path).
-  return t
+  """The `tpu` block of a sweep config, with every field commented (configs/tpu.py)."""
+  return tpu_block()
 
 
 def _scope(tpu) -> list:

@@ -504,3 +504,12 @@ def test_ray_dry_run_refuses_multi_host_slices_and_knows_tpu_hosts(tmp_path, cap
       ray_backend.tpu_hosts(bad)
   assert ray_backend.parse_resources('TPU=4, CPU=8') == {'TPU': 4.0, 'CPU': 8.0}
   assert ray_backend.parse_resources('') == {'CPU': 1.0}
+
+
+def test_the_125m_sweep_config_expands_around_chinchillas_optimum():
+  sweep = sweep_lib.expand(sweep_lib.load_config_file('configs/sweeps/isoflop_125m.py'))
+  assert len(sweep.runs) == 15 and {r.budget for r in sweep.runs} == {1e18, 3e18, 1e19}
+  middle = [r for r in sweep.runs if r.budget == 3e18][2]
+  assert 0.9 < middle.params / plan_lib.isoflop_plan(3e18, 'chinchilla')['n_opt'] < 1.1
+  assert all(r.steps >= 200 and r.tokens_per_step == 256 * 1024 for r in sweep.runs)
+  assert sweep.tpu.name and sweep.tpu.workdir.startswith('gs://')
