@@ -512,4 +512,4 @@ def test_the_125m_sweep_config_expands_around_chinchillas_optimum():
   middle = [r for r in sweep.runs if r.budget == 3e18][2]
   assert 0.9 < middle.params / plan_lib.isoflop_plan(3e18, 'chinchilla')['n_opt'] < 1.1
   assert all(r.steps >= 200 and r.tokens_per_step == 256 * 1024 for r in sweep.runs)
-  assert sweep.tpu.name and sweep.tpu.workdir.startswith('gs://')
+  assert sweep.tpu.name and sweep.tpu.workdir.startswith('/mnt/')

@@ -52,5 +52,5 @@ def get_config() -> ml_collections.ConfigDict:
   f.plots = True  # PNGs, report and TensorBoard events.
 
   c.tpu = tpu_block(name='chinchax-v5e-16', zone='us-west4-a', python='.venv/bin/python',
-                    workdir='gs://BUCKET/sweeps/isoflop_125m')
+                    workdir='/mnt/bucket/sweeps/isoflop_125m')  # A bucket mounted (gcsfuse) on every worker.
   return c
