@@ -20,8 +20,9 @@ allocated) and compiled by XLA's TPU compiler. Everything reported is PER CHIP
     and the analytic counts, each divided by the chip count.
   * step time: PaLM model FLOPs per chip / (peak bf16 FLOP/s * MFU).
 
-The sweep tooling calls `check(config, topology)` (or `fits(...)`) to reject
-runs before launch. Nothing else in chinchax imports libtpu.
+The sweep launcher runs this command per run for `--check-fit` (a process:
+launch never imports train) and reads its exit status. Nothing else in
+chinchax imports libtpu.
 
 Exit status of the command: 0 fits, 1 does not fit, 2 bad input (unknown
 topology, mesh not matching the chip count, dimensions not divisible, missing
@@ -395,12 +396,6 @@ def _step_time(config, topo, mfu: float, fl: dict) -> dict:
   if 'compiled_per_chip' in fl:
     step['compiled_at_peak'] = fl['compiled_per_chip'] / peak  # Lower bound: every FLOP at peak.
   return step
-
-
-def fits(config, topology: Topology | str) -> tuple[bool, str]:
-  """(fits, verdict line) from one compile (no FLOP measurement): the sweep's pre-launch check."""
-  r = check(config, topology, measure_flops=False)
-  return r['fits'], r['verdict']
 
 
 def format_report(r: dict) -> str:
