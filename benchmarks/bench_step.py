@@ -37,6 +37,24 @@ flags.DEFINE_integer('matmul_n', 1024, 'Size of the square matmul that measures 
 flags.mark_flags_as_required(['config'])
 
 
+def median_call_seconds(fn, state, batch, calls: int, warmup: int = 1):
+  """(median wall seconds of `calls` calls of fn(state, batch) after `warmup` calls, final state).
+
+  Each call is timed until its outputs are ready, dispatch included; the state
+  is threaded through (the train step donates it).
+  """
+  for _ in range(warmup):
+    state, metrics = fn(state, batch)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(calls):
+    t = time.perf_counter()
+    state, metrics = fn(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+  return statistics.median(times), state
+
+
 def _compile_seconds(config, mesh) -> float:
   t = time.perf_counter()
   cost.lower_train_step(config, mesh).compile()
@@ -59,16 +77,7 @@ def run(config, steps: int, depths: list[int], matmul_n: int) -> dict:
     rng = np.random.default_rng(0)
     tok = rng.integers(0, config.model.vocab_size, (d.global_batch_size, d.seq_len), dtype=np.int32)
     batch = {k: jax.device_put(tok, program.batch_sharding) for k in ('inputs', 'targets')}
-    for _ in range(2):
-      state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(steps):
-      t = time.perf_counter()
-      state, metrics = compiled(state, batch)
-      jax.block_until_ready(metrics)
-      times.append(time.perf_counter() - t)
-  step_s = statistics.median(times)
+    step_s, state = median_call_seconds(compiled, state, batch, steps, warmup=2)
   tps = tokens_per_step / step_s
   model_flops = tps * counts.model_flops_per_token(config.model, d.seq_len)
   mem = compiled.memory_analysis()

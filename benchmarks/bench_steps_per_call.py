@@ -11,12 +11,11 @@ Measures; asserts nothing.
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
 import numpy as np
 
+from benchmarks.bench_step import median_call_seconds
 from configs import tiny_cpu
 from model import counts, sharding
 from train import hardware
@@ -39,29 +38,20 @@ def config(shape):
 
 
 def time_k(c, k: int, calls: int) -> float:
-  """Median seconds per optimizer step of K-step calls."""
+  """Median seconds per optimizer step of K-step calls (K = 1: the plain train step)."""
   mesh = sharding.make_mesh(c.mesh)
   program = step_lib.build(c, mesh)
-  rng = np.random.default_rng(0)
+  stacked = k if k > 1 else 0  # abstract_batch(c, 0) is the (B, T) batch of one step.
+  spec = program.abstract_batch(c, stacked)
   with sharding.use_mesh(mesh):
     state = step_lib.init_state(c, program)
-    shape = (k, c.data.global_batch_size, c.data.seq_len) if k > 1 else (c.data.global_batch_size, c.data.seq_len)
-    tok = rng.integers(0, c.model.vocab_size, shape, dtype=np.int32)
-    if k > 1:
-      fn = program.multi_step.lower(program.abstract_state, program.abstract_batch(c, k)).compile()
-      batch = {n: jax.device_put(tok, program.abstract_batch(c, k)['inputs'].sharding) for n in ('inputs', 'targets')}
-    else:
-      fn = program.train_step.lower(program.abstract_state, program.abstract_batch(c)).compile()
-      batch = {n: jax.device_put(tok, program.batch_sharding) for n in ('inputs', 'targets')}
-    state, m = fn(state, batch)
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(calls):
-      t = time.perf_counter()
-      state, m = fn(state, batch)
-      jax.block_until_ready(m)
-      times.append((time.perf_counter() - t) / k)
-  return statistics.median(times)
+    step_fn = program.multi_step if stacked else program.train_step
+    fn = step_fn.lower(program.abstract_state, spec).compile()
+    tok = np.random.default_rng(0).integers(0, c.model.vocab_size, spec['inputs'].shape,
+                                            dtype=np.int32)
+    batch = {n: jax.device_put(tok, s.sharding) for n, s in spec.items()}
+    seconds, _ = median_call_seconds(fn, state, batch, calls)
+  return seconds / k
 
 
 def main():
