@@ -207,13 +207,19 @@ class RunRecord:
 class Ledger:
   """Skip finished runs, hand out the others, and decide what each attempt's end means.
 
-  Both backends drive it the same way: `next()` for each run to start,
-  `finish(...)` when its attempt ends, `summary()` at the end. It prints one
-  status line per event and rewrites DIR/sweep_status.json after each.
+  Both backends drive it the same way: while `waiting()` or runs are active,
+  `next()` for each run that `pending()` says can start, `finish(...)` when
+  its attempt ends, `summary()` at the end. It prints one status line per
+  event and rewrites DIR/sweep_status.json after each.
+
+  after: {run: the run it starts from} (a WSD cooldown branch and its
+  parent). Such a run waits until its parent is finished ('ok' or
+  'skipped'); when the parent ends failed or preempted out, the branch ends
+  'failed' without starting (rerun the sweep once the parent is fixed).
   """
 
   def __init__(self, commands: list, workdir: str, backend: str, max_preemptions: int,
-               max_failures: int, log=print):
+               max_failures: int, log=print, after: dict | None = None):
     if max_preemptions < 0 or max_failures < 0:
       raise ValueError(f'max_preemptions={max_preemptions} and max_failures={max_failures} must be >= 0')
     self.workdir, self.backend, self.log = workdir, backend, log
@@ -221,6 +227,7 @@ class Ledger:
     self.total = len(commands)
     self.t_start = time.perf_counter()
     self.records, self.queue = {}, []
+    self.after = dict(after or {})
     os.makedirs(workdir, exist_ok=True)
     for i, (name, argv) in enumerate(commands):
       run_dir = os.path.join(workdir, name)
@@ -237,12 +244,22 @@ class Ledger:
   def _say(self, rec: RunRecord, verb: str, text: str, sep: str = ' ') -> None:
     self.log(f'[{rec.index + 1:>3}/{self.total}] {verb} {rec.name}{sep}{text}')
 
-  def pending(self) -> bool:
+  def waiting(self) -> bool:
+    """Runs are left to start (now or once their parents finish)."""
     return bool(self.queue)
 
+  def _ready(self, rec: RunRecord) -> bool:
+    parent = self.after.get(rec.name)
+    return parent is None or self.records[parent].state in ('ok', 'skipped')
+
+  def pending(self) -> bool:
+    """A run can start now."""
+    return any(self._ready(r) for r in self.queue)
+
   def next(self, where: str = '') -> RunRecord:
-    """The next run to start (first in, first out; requeued runs go last); marks it running."""
-    rec = self.queue.pop(0)
+    """The next run that can start (first in, first out; requeued runs go last); marks it running."""
+    rec = next(r for r in self.queue if self._ready(r))
+    self.queue.remove(rec)
     resume = run_state(os.path.dirname(rec.log)) == 'resume'
     rec.state, rec.attempts = 'running', rec.attempts + 1
     self._say(rec, 'resume ' if resume else 'start  ', f'({where}log {rec.log})')
@@ -294,8 +311,20 @@ class Ledger:
         rec.state = 'failed'
         self._say(rec, 'FAILED ', text)
     rec.history.append(rec.last_event)
+    if rec.state in ('failed', 'preempted-out'):
+      self._fail_dependents(rec.name)
     self.write()
     return rec.state
+
+  def _fail_dependents(self, parent: str) -> None:
+    """Runs that start from `parent` (and theirs) end failed without starting."""
+    for rec in [r for r in self.queue if self.after.get(r.name) == parent]:
+      self.queue.remove(rec)
+      rec.state = 'failed'
+      rec.last_event = f'not started: its parent {parent} ended {self.records[parent].state}'
+      rec.history.append(rec.last_event)
+      self._say(rec, 'FAILED ', f'({rec.last_event})')
+      self._fail_dependents(rec.name)
 
   def _requeue(self, rec: RunRecord) -> None:
     rec.state = 'requeued'
@@ -426,7 +455,7 @@ def _preemption(ray, error: Exception) -> bool:
 
 def run_all_ray(commands: list, workdir: str, address: str | None = None, max_preemptions: int = 3,
                 max_failures: int = 1, log=print, resources_per_run: dict | None = None,
-                poll_seconds: float = 0.5) -> dict:
+                poll_seconds: float = 0.5, after: dict | None = None) -> dict:
   """Run (name, argv) pairs as Ray tasks, one per run, packed by Ray onto free resources.
 
   Same contract as `launch.sweep.run_all`: logs appended to DIR/<name>/train.log,
@@ -436,11 +465,13 @@ def run_all_ray(commands: list, workdir: str, address: str | None = None, max_pr
   a running local cluster, or a new local one. Uses the connection of an
   already initialized Ray as it is. resources_per_run: Ray resources each run
   holds (default {'CPU': 1}). Returns {name: 'skipped' | 'ok' | 'failed' |
-  'preempted-out'}. Ctrl-C cancels the running tasks, which stop their runs.
+  'preempted-out'}. after: {branch: parent}, as `Ledger` takes it (a branch is
+  submitted once its parent finished). Ctrl-C cancels the running tasks, which
+  stop their runs.
   """
   import ray  # Local: ray is an optional extra (pip install -e '.[ray]'), only for --backend ray.
-  ledger = Ledger(commands, workdir, 'ray', max_preemptions, max_failures, log)
-  if not ledger.pending():
+  ledger = Ledger(commands, workdir, 'ray', max_preemptions, max_failures, log, after)
+  if not ledger.waiting():
     return ledger.summary()
   started_ray = not ray.is_initialized()
   if started_ray:
@@ -451,8 +482,8 @@ def run_all_ray(commands: list, workdir: str, address: str | None = None, max_pr
       f'each run holds {resources}')
   active = {}  # ObjectRef -> (run name, submit time)
   try:
-    while ledger.pending() or active:
-      while ledger.pending():  # Everything is submitted; Ray starts what fits.
+    while ledger.waiting() or active:
+      while ledger.pending():  # Everything that can start is submitted; Ray starts what fits.
         rec = ledger.next('Ray task; ')
         active[task.remote(rec.argv, rec.log)] = (rec.name, time.perf_counter())
       done, _ = ray.wait(list(active), num_returns=1, timeout=poll_seconds)

@@ -52,16 +52,19 @@ from configs import load
 from launch import ray_backend
 from launch import runs
 from launch import tpu
-from model.counts import param_counts, planned_steps
+from model.counts import decay_start, param_counts, planned_steps, warmup_steps
 from scaling import fit as fit_lib
 from scaling import plan as plan_lib
 from scaling import points as points_lib
+from scaling import rules
 from scaling import tables
 
 REPO_ROOT = load.REPO_ROOT
 SHAPE_KEYS = ('n_layers', 'd_model', 'n_heads', 'n_kv_heads', 'd_ff')
 SWEEP_KEYS = ('base_config', 'overrides', 'budgets', 'law', 'n_sizes', 'span', 'min_steps', 'shape',
               'evals_per_run', 'logs_per_run', 'checkpoints_per_run', 'fit')
+# Optional sweep keys: per-run hyper-parameter rules (scaling.rules) and WSD cooldown branches.
+HPARAM_KEYS = {'lr': 'optim.lr', 'b2': 'optim.b2', 'weight_decay': 'optim.weight_decay'}
 
 
 class SweepError(ValueError):
@@ -80,6 +83,8 @@ class Run:
   tokens_per_step: int  # data.global_batch_size * data.seq_len.
   overrides: dict  # Dotted key -> value: every --config.a.b=v flag of the command.
   config: ml_collections.ConfigDict  # The full run config (base file + overrides).
+  parent: str = ''  # A cooldown branch: the run (name) it starts from; '' for a run from scratch.
+  branch_step: int = 0  # A cooldown branch: the parent's step it starts from (its decay start).
 
   @property
   def tokens(self) -> int:
@@ -100,6 +105,11 @@ class Sweep:
   warnings: list
   tpu: ml_collections.ConfigDict | None = None
   ray: ml_collections.ConfigDict | None = None  # The optional `ray` block (ray_backend.default_config).
+  hparams: list = dataclasses.field(default_factory=list)  # scaling.rules.describe of the `hparams` rules.
+
+  def after(self) -> dict:
+    """{cooldown branch: the run it starts from}: the order the backends keep."""
+    return {r.name: r.parent for r in self.runs if r.parent}
 
 
 # ---------------------------------------------------------------------------- config files
@@ -274,16 +284,62 @@ def _make_run(s, base, common: dict, budget: float, target: float, shape: dict, 
   per_run.update({'train.flops': float(budget), 'train.steps': 0, 'train.tokens': 0})
   config = ml_collections.ConfigDict(base.to_dict())
   apply_overrides(config, per_run, f'run {name}')
+  hp = _rule_overrides(s, config, budget, name)
+  apply_overrides(config, hp, f'run {name}')
+  phases = _wsd_overrides(s, config)
+  apply_overrides(config, phases, f'run {name}')
   steps = planned_steps(config)
   cadence = _cadence(s, steps)
   apply_overrides(config, cadence, f'run {name}')
-  overrides = {**common, **per_run, **cadence}
+  overrides = {**common, **per_run, **hp, **phases, **cadence}
   overrides = {k: v for k, v in overrides.items()
                if not (k in ('train.steps', 'train.tokens') and _get(base, k) == 0)}
   return Run(name=name, budget=float(budget), target_params=target,
              params=param_counts(config.model).with_head, shape=shape, steps=steps,
-             tokens_per_step=base.data.global_batch_size * base.data.seq_len, overrides=overrides,
+             tokens_per_step=config.data.global_batch_size * config.data.seq_len, overrides=overrides,
              config=config)
+
+
+def _rule_overrides(s, config, budget: float, name: str) -> dict:
+  """The sweep's `hparams` rules (scaling.rules) for one run, as dotted overrides.
+
+  lr, b2 and weight_decay set their optim fields; batch_tokens sets
+  data.global_batch_size to the nearest whole number of sequences (at least
+  1); warmup_tokens sets optim.warmup_steps to whole steps (at least 1) at the
+  run's batch. N is the run's parameters with head, C its budget.
+  """
+  spec = s.get('hparams')
+  if not spec:
+    return {}
+  counts = param_counts(config.model)
+  seq = config.data.seq_len
+  try:
+    values = rules.resolve(spec.to_dict() if hasattr(spec, 'to_dict') else dict(spec),
+                           params=counts.with_head, flops=budget,
+                           params_non_embedding=counts.non_embedding,
+                           batch_tokens=config.data.global_batch_size * seq, seq_len=seq)
+  except rules.RuleError as e:
+    raise SweepError(f'hparams: run {name}: {e}') from None
+  out = {HPARAM_KEYS[k]: float(v) for k, v in values.items() if k in HPARAM_KEYS}
+  batch = config.data.global_batch_size
+  if 'batch_tokens' in values:
+    batch = out['data.global_batch_size'] = max(1, round(values['batch_tokens'] / seq))
+  if 'warmup_tokens' in values:
+    out['optim.warmup_steps'] = max(1, math.ceil(values['warmup_tokens'] / (batch * seq)))
+  return out
+
+
+def _wsd_overrides(s, config) -> dict:
+  """With cooldown branches: a WSD schedule whose warmup is fixed in steps.
+
+  A branch must follow its parent exactly up to the branch point, so the
+  warmup cannot be a fraction of each run's own length: it becomes the
+  parent's warmup in steps (optim.warmup_steps, or warmup_fraction of the
+  run's planned steps).
+  """
+  if not s.get('cooldowns_per_size'):
+    return {}
+  return {'optim.schedule': 'wsd', 'optim.warmup_steps': warmup_steps(config)}
 
 
 def _budget_runs(s, base, common: dict, budget: float, runs: list) -> list:
@@ -342,8 +398,74 @@ def expand(sweep_cfg: ml_collections.ConfigDict) -> Sweep:
   for budget in budgets:
     runs += _budget_runs(s, base, common, budget, runs)
   warns = _check_lengths(s, runs)
+  branches, notes = _cooldown_branches(s, runs, budgets)
+  runs += branches
+  warns += notes
   return Sweep(base_config=s.base_config, runs=runs, fit=s.fit, warnings=warns, tpu=s.get('tpu'),
-               ray=s.get('ray'))
+               ray=s.get('ray'), hparams=_describe_rules(s))
+
+
+def _describe_rules(s) -> list:
+  spec = s.get('hparams')
+  if not spec:
+    return []
+  try:
+    return rules.describe(spec.to_dict() if hasattr(spec, 'to_dict') else dict(spec))
+  except rules.RuleError as e:
+    raise SweepError(f'hparams: {e}') from None
+
+
+def _cooldown_branches(s, runs: list, budgets: list) -> tuple[list, list]:
+  """WSD cooldown branches (sweep key `cooldowns_per_size` = K; 0 or absent: none).
+
+  Each run of budget C_i (a WSD run from scratch) gets up to K - 1 branches,
+  one per next smaller budget C_j of the sweep (nearest first). A branch has
+  the run's shape and hyper-parameters and ends where that N meets C_j
+  (D_j = C_j / 6N); it starts from the run's checkpoint at its own decay
+  start (the run keeps that step: train.checkpoint_steps) and trains only
+  its decay, so a size gives K points of its IsoFLOP curves for the price
+  of one run plus K - 1 decays (Hägele et al. 2024). A branch whose point is
+  already a run of the sweep (same shape and budget) is not added; one
+  shorter than min_steps, or whose decay would start before the warmup
+  ends, is left out with a warning. Returns (branches, warnings).
+  """
+  k = s.get('cooldowns_per_size', 0) or 0
+  if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+    raise SweepError(f'cooldowns_per_size={k!r}: must be a whole number >= 0 (0: no branches)')
+  names = {r.name for r in runs}
+  branches, short = [], []
+  for parent in list(runs):
+    points = []
+    for budget in [b for b in reversed(budgets) if b < parent.budget][:max(k - 1, 0)]:
+      name = f'{budget_label(budget)}_{shape_name(parent.shape)}'
+      if name in names:
+        continue
+      run = _branch_run(s, parent, budget, name)
+      if run.steps < s.min_steps or run.branch_step <= warmup_steps(run.config):
+        short.append(f'{name} ({run.steps} steps, decay from step {run.branch_step})')
+        continue
+      names.add(name)
+      branches.append(run)
+      points.append(run.branch_step)
+    if points:
+      parent.overrides['train.checkpoint_steps'] = ','.join(map(str, sorted(points)))
+      parent.config.train.checkpoint_steps = parent.overrides['train.checkpoint_steps']
+  notes = [f'{len(short)} cooldown branch(es) left out (shorter than min_steps={s.min_steps} or '
+           f'decaying from inside the warmup): ' + ', '.join(short)] if short else []
+  return branches, notes
+
+
+def _branch_run(s, parent: Run, budget: float, name: str) -> Run:
+  """The cooldown branch of `parent` that ends at `budget` FLOPs (see _cooldown_branches)."""
+  config = ml_collections.ConfigDict(parent.config.to_dict())
+  config.train.flops = float(budget)
+  steps = planned_steps(config)
+  cadence = _cadence(s, steps)
+  apply_overrides(config, cadence, f'run {name}')
+  overrides = {**parent.overrides, 'train.flops': float(budget), **cadence}
+  return dataclasses.replace(parent, name=name, budget=float(budget), steps=steps,
+                             overrides=overrides, config=config, parent=parent.name,
+                             branch_step=decay_start(config))
 
 
 def _get(config, dotted: str):
@@ -376,24 +498,34 @@ def train_command(sweep: Sweep, run: Run, workdir: str, python: str = sys.execut
   argv = [python, '-m', 'train', '--config', sweep.base_config,
           '--workdir', os.path.join(workdir, run.name)]
   argv += [f'--config.{k}={_flag_value(v)}' for k, v in run.overrides.items()]
+  if run.parent:
+    argv.append(f'--config.train.init_from={os.path.join(workdir, run.parent)}:{run.branch_step}')
   return argv
 
 
 def format_table(sweep: Sweep) -> str:
-  """The runs as a text table: budget, shape, N (with head), D, steps, tokens/param."""
+  """The runs as a text table: budget, shape, N (with head), D, steps, tokens/param, and the
+  hyper-parameters each run gets (peak LR, batch in tokens, Adam b2, warmup steps); a
+  cooldown branch names its parent and branch step."""
   head = (f'{"run":<30} {"C (FLOPs)":>10} {"L":>3} {"d_model":>7} {"heads":>5} {"kv":>3} '
           f'{"d_ff":>5} {"N target":>10} {"N (w/ head)":>11} {"D (tokens)":>11} {"steps":>6} '
-          f'{"D/N":>7}')
+          f'{"D/N":>7} {"lr":>8} {"batch":>7} {"b2":>6} {"warmup":>6}  from')
   lines = [head, '-' * len(head)]
   for r in sweep.runs:
-    sh = r.shape
+    sh, o = r.shape, r.config.optim
+    origin = f'{r.parent} @ step {r.branch_step}' if r.parent else '-'
     lines.append(f'{r.name:<30} {r.budget:>10.3g} {sh["n_layers"]:>3} {sh["d_model"]:>7} '
                  f'{sh["n_heads"]:>5} {sh["n_kv_heads"]:>3} {sh["d_ff"]:>5} '
                  f'{r.target_params:>10,.0f} {r.params:>11,} {r.tokens:>11,} {r.steps:>6} '
-                 f'{r.tokens_per_param:>7.1f}')
-  total = sum(6.0 * r.params * r.tokens for r in sweep.runs)
-  lines.append(f'{len(sweep.runs)} runs, {len({r.budget for r in sweep.runs})} budgets, '
-               f'{total:.3g} FLOPs in total (6 N D); {sweep.runs[0].tokens_per_step:,} tokens/step')
+                 f'{r.tokens_per_param:>7.1f} {o.lr:>8.3g} {r.tokens_per_step:>7,} {o.b2:>6.4g} '
+                 f'{warmup_steps(r.config):>6}  {origin}')
+  own = sum(6.0 * r.params * r.tokens_per_step * (r.steps - r.branch_step) for r in sweep.runs)
+  n_branches = sum(bool(r.parent) for r in sweep.runs)
+  branches = (f' ({n_branches} cooldown branches: each trains only its decay)' if n_branches else '')
+  lines.append(f'{len(sweep.runs)} runs{branches}, {len({r.budget for r in sweep.runs})} budgets, '
+               f'{own:.3g} FLOPs in total (6 N D of the steps each run trains)')
+  if sweep.hparams:
+    lines += ['hyper-parameter rules (sweep key hparams):'] + [f'  {x}' for x in sweep.hparams]
   return '\n'.join(lines)
 
 
@@ -404,7 +536,7 @@ run_state = ray_backend.run_state  # 'finished' | 'resume' | 'new' (one definiti
 
 
 def run_all(commands: list, workdir: str, parallel: int = 1, log=print, poll_seconds: float = 0.2,
-            max_preemptions: int = 3, max_failures: int = 0) -> dict:
+            max_preemptions: int = 3, max_failures: int = 0, after: dict | None = None) -> dict:
   """Run (name, argv) pairs as processes, at most `parallel` at once.
 
   Each run's stdout and stderr go (appended) to DIR/<name>/train.log. Runs
@@ -412,10 +544,12 @@ def run_all(commands: list, workdir: str, parallel: int = 1, log=print, poll_sec
   checkpoints). Exit status 75 (preempted) requeues a run, at most
   `max_preemptions` times; another non-zero status is a failure, retried at
   most `max_failures` times. One status line per event; DIR/sweep_status.json
-  after each. Returns {name: 'skipped' | 'ok' | 'failed' | 'preempted-out'}.
-  Ctrl-C stops the running processes (rerun to resume).
+  after each. after: {branch: parent}: a cooldown branch starts once its
+  parent finished (`ray_backend.Ledger`). Returns {name: 'skipped' | 'ok' |
+  'failed' | 'preempted-out'}. Ctrl-C stops the running processes (rerun to
+  resume).
   """
-  ledger = ray_backend.Ledger(commands, workdir, 'local', max_preemptions, max_failures, log)
+  ledger = ray_backend.Ledger(commands, workdir, 'local', max_preemptions, max_failures, log, after)
   active = {}
 
   def start(rec):
@@ -433,7 +567,7 @@ def run_all(commands: list, workdir: str, parallel: int = 1, log=print, poll_sec
     active[proc] = (rec.name, f, time.perf_counter())
 
   try:
-    while ledger.pending() or active:
+    while ledger.waiting() or active:
       while ledger.pending() and len(active) < parallel:
         rec = ledger.next()
         os.makedirs(os.path.dirname(rec.log), exist_ok=True)
@@ -623,10 +757,10 @@ def main(argv=None, log=print) -> int:
     results = tpu.run_all(sweep, commands, workdir, log)
   elif args.backend == 'ray':
     results = ray_backend.run_all_ray(commands, workdir, args.ray_address, args.max_preemptions,
-                                      args.max_failures, log, resources)
+                                      args.max_failures, log, resources, after=sweep.after())
   else:
     results = run_all(commands, workdir, args.parallel, log, max_preemptions=args.max_preemptions,
-                      max_failures=args.max_failures)
+                      max_failures=args.max_failures, after=sweep.after())
   failed = [n for n, v in results.items() if v in ('failed', 'preempted-out')]
   if not args.no_fit:
     bootstrap = sweep.fit.bootstrap if args.bootstrap is None else args.bootstrap

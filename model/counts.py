@@ -186,3 +186,19 @@ def planned_steps(config) -> int:
     return int(t.steps)
   tokens = t.tokens or t.flops / (FLOPS_PER_PARAM_TOKEN * param_counts(config.model).active)
   return max(1, math.ceil(tokens / tokens_per_step(config)))
+
+
+def warmup_steps(config) -> int:
+  """Linear warmup steps: optim.warmup_steps, else optim.warmup_fraction of the planned steps."""
+  o, steps = config.optim, planned_steps(config)
+  return min(o.warmup_steps or int(o.warmup_fraction * steps), steps - 1)
+
+
+def decay_start(config) -> int:
+  """WSD: the last step at peak LR; the decay covers steps decay_start+1 .. planned steps.
+
+  Here (JAX-free) so that the schedule (train.optim) and the sweep launcher,
+  which plans cooldown branches at these steps, share one definition.
+  """
+  steps = planned_steps(config)
+  return max(warmup_steps(config), steps - round(config.optim.decay_fraction * steps))

@@ -513,3 +513,125 @@ def test_the_125m_sweep_config_expands_around_chinchillas_optimum():
   assert 0.9 < middle.params / plan_lib.isoflop_plan(3e18, 'chinchilla')['n_opt'] < 1.1
   assert all(r.steps >= 200 and r.tokens_per_step == 256 * 1024 for r in sweep.runs)
   assert sweep.tpu.name and sweep.tpu.workdir.startswith('/mnt/')
+
+
+# ---------------------------------------------------------------------------- cooldown branches
+
+
+def _family_sweep(tmp_path, k=2, budgets=(1e9, 3e9)):
+  return write_sweep(tmp_path, budgets=budgets, n_sizes=1, min_steps=10,
+                     extra=f'c.cooldowns_per_size = {k}')
+
+
+def test_cooldown_branches_start_from_their_parents_decay_start(tmp_path):
+  sweep = sweep_lib.expand(sweep_lib.load_config_file(_family_sweep(tmp_path, k=3, budgets=(1e9, 2e9, 4e9))))
+  own = [r for r in sweep.runs if not r.parent]
+  branches = [r for r in sweep.runs if r.parent]
+  assert len(own) == 3 and branches  # The 4e9 run branches at 2e9 and 1e9, the 2e9 run at 1e9.
+  by_name = {r.name: r for r in sweep.runs}
+  for b in branches:
+    p = by_name[b.parent]
+    assert b.budget < p.budget and b.shape == p.shape and b.params == p.params
+    assert b.steps < p.steps
+    # The branch decays over its own last decay_fraction; it starts at that step of the parent.
+    frac = b.config.optim.decay_fraction
+    assert b.branch_step == b.steps - round(frac * b.steps)
+    assert str(b.branch_step) in p.overrides['train.checkpoint_steps'].split(',')
+    # Same trajectory up to the branch: same schedule, peak LR and warmup in steps.
+    for key in ('optim.schedule', 'optim.warmup_steps', 'optim.lr', 'data.global_batch_size'):
+      assert b.overrides.get(key) == p.overrides.get(key), key
+    assert b.overrides['optim.schedule'] == 'wsd'
+    assert 'train.checkpoint_steps' not in b.overrides
+    assert b.tokens >= b.budget / (6 * b.params) > b.tokens - b.tokens_per_step
+    argv = sweep_lib.train_command(sweep, b, '/w')
+    assert f'--config.train.init_from=/w/{p.name}:{b.branch_step}' in argv
+  assert sweep.after() == {b.name: b.parent for b in branches}
+  # Every budget's point of a size appears once: no branch duplicates a run of the sweep.
+  assert len({r.name for r in sweep.runs}) == len(sweep.runs)
+  text = sweep_lib.format_table(sweep)
+  assert 'cooldown branches' in text and '@ step' in text
+
+
+def test_no_cooldowns_keeps_cosine_runs_and_bad_counts_are_refused(tmp_path, capsys):
+  sweep = sweep_lib.expand(sweep_lib.load_config_file(_family_sweep(tmp_path, k=0)))
+  assert not any(r.parent for r in sweep.runs)
+  assert all('optim.schedule' not in r.overrides for r in sweep.runs)
+  cfg = write_sweep(tmp_path, extra='c.cooldowns_per_size = -1', name='bad.py')
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(tmp_path / 'w'), '--dry-run']) == 2
+  assert 'cooldowns_per_size=-1' in capsys.readouterr().err
+
+
+def test_a_branch_waits_for_its_parent_and_fails_with_it(tmp_path):
+  sweep = sweep_lib.expand(sweep_lib.load_config_file(_family_sweep(tmp_path)))
+  (branch,) = [r for r in sweep.runs if r.parent]
+  workdir = str(tmp_path / 'w')
+  commands = [(r.name, sweep_lib.train_command(sweep, r, workdir, fake_python(tmp_path)))
+              for r in reversed(sweep.runs)]  # Branch first in the queue: it must still wait.
+  lines = []
+  assert sweep_lib.run_all(commands, workdir, parallel=2, log=lines.append,
+                           after=sweep.after())[branch.name] == 'ok'
+  calls = open(tmp_path / 'calls.txt').read().split()
+  assert calls.index(os.path.join(workdir, branch.name)) > calls.index(os.path.join(workdir, branch.parent))
+  # A parent that fails takes its branch with it, without starting it.
+  (tmp_path / 'calls.txt').unlink()
+  workdir = str(tmp_path / 'w2')
+  commands = [(r.name, sweep_lib.train_command(sweep, r, workdir, fake_python(tmp_path, branch.parent)))
+              for r in sweep.runs]
+  lines = []
+  res = sweep_lib.run_all(commands, workdir, parallel=2, log=lines.append, after=sweep.after())
+  assert res[branch.parent] == 'failed' and res[branch.name] == 'failed'
+  assert os.path.join(workdir, branch.name) not in open(tmp_path / 'calls.txt').read().split()
+  status = json.load(open(os.path.join(workdir, 'sweep_status.json')))
+  (rec,) = [r for r in status['runs'] if r['name'] == branch.name]
+  assert rec['attempts'] == 0 and 'its parent' in rec['last_event']
+
+
+def test_micro_sweep_with_a_branch_end_to_end(tmp_path):
+  """Two runs and one cooldown branch, trained for real; the fit sees three (N, D) points."""
+  cfg = _family_sweep(tmp_path)
+  sweep = sweep_lib.expand(sweep_lib.load_config_file(cfg))
+  (branch,) = [r for r in sweep.runs if r.parent]
+  workdir = tmp_path / 'sweep'
+  lines = []
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(workdir), '--parallel', '2', '--no-fit'],
+                        log=lines.append) == 0, '\n'.join(lines)
+  s = json.load(open(workdir / branch.name / 'summary.json'))
+  parent = json.load(open(workdir / branch.parent / 'summary.json'))
+  assert s['parent'] == str(workdir / branch.parent) and s['branch_step'] == branch.branch_step
+  assert s['steps'] == branch.steps and s['tokens'] == branch.tokens
+  assert s['params_with_head'] == parent['params_with_head']
+  assert s['flops_6nd'] == pytest.approx(branch.budget, rel=1 / branch.steps)
+  # The branch is the parent's run up to the branch step, then its own decay: its loss is
+  # above the longer parent's and its curve starts after the branch point.
+  assert s['eval_loss'] > parent['eval_loss']
+  from scaling import points as points_lib
+  pts = points_lib.load_runs(str(workdir), warn=lambda m: None)
+  assert len(pts.names) == 3 and len(set(pts.N)) == 2
+
+
+# ---------------------------------------------------------------------------- hyper-parameter rules
+
+
+def test_hparam_rules_set_each_runs_values_and_dry_run_prints_them(tmp_path, capsys):
+  rules = ("c.hparams = ml_collections.ConfigDict({'lr': {'rule': 'power', 'k': 2.0, 'p': -0.5, "
+           "'of': 'params'}, 'warmup_tokens': 'porian', 'b2': 0.98, 'batch_tokens': 1024})")
+  cfg = write_sweep(tmp_path, budgets=(2e9, 6e9), n_sizes=3, extra=rules)
+  sweep = sweep_lib.expand(sweep_lib.load_config_file(cfg))
+  for r in sweep.runs:
+    assert r.config.optim.lr == pytest.approx(2.0 * r.params ** -0.5)
+    assert r.overrides['optim.lr'] == pytest.approx(2.0 * r.params ** -0.5)
+    assert r.config.data.global_batch_size == 1024 // 32 and r.tokens_per_step == 1024
+    assert r.config.optim.warmup_steps == -(-r.params // 1024)  # N tokens, whole steps.
+    assert r.config.optim.b2 == 0.98
+  assert len({r.config.optim.lr for r in sweep.runs}) == len({r.params for r in sweep.runs}) > 1
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(tmp_path / 'w'), '--dry-run']) == 0
+  out = capsys.readouterr().out
+  assert 'hyper-parameter rules' in out and 'porian' in out
+  assert f'{sweep.runs[0].config.optim.lr:.3g}' in out and '--config.optim.lr=' in out
+
+
+def test_a_bad_hparam_rule_is_refused_naming_it(tmp_path, capsys):
+  cfg = write_sweep(tmp_path, extra="c.hparams = ml_collections.ConfigDict({'lr': 'nonsense'})")
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(tmp_path / 'w'), '--dry-run']) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: hparams') and 'nonsense' in err and 'Traceback' not in err

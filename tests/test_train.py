@@ -127,6 +127,19 @@ def test_cooldown_branch_equals_a_run_trained_to_its_length(tmp_path):
   assert [r['step'] for r in curve if r['eval_loss'] is None] == list(range(1, 21))  # Parent's rows too.
   with pytest.raises(ConfigError, match='after this run.s decay starts'):
     loop.run(wsd(20, init_from=f'{tmp_path / "parent"}:16'), str(tmp_path / 'late'))
+  other = wsd(20, init_from=f'{tmp_path / "parent"}:{branch_at}')
+  other.optim.lr *= 2
+  with pytest.raises(ConfigError, match=r'differs in optim\.lr;'):
+    loop.run(other, str(tmp_path / 'other'))
+  # Warmup as a fraction of each run's own length: equal fields, different schedules.
+  old = json.load(open(tmp_path / 'parent' / 'config.json'))
+  old['optim'].update(warmup_steps=0, warmup_fraction=0.1)  # 4 steps of 40.
+  (tmp_path / 'fraction_parent').mkdir()
+  json.dump(old, open(tmp_path / 'fraction_parent' / 'config.json', 'w'))
+  fraction = wsd(20, init_from=f'{tmp_path / "fraction_parent"}:{branch_at}')
+  fraction.optim.update(warmup_steps=0, warmup_fraction=0.1)  # 2 steps of 20.
+  with pytest.raises(ConfigError, match='warms up for 4 steps, this run for 2'):
+    loop.run(fraction, str(tmp_path / 'fraction'))
 
 
 @pytest.mark.parametrize('k', [4, 0])

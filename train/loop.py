@@ -19,6 +19,7 @@ import statistics
 import time
 
 import jax
+import ml_collections
 from jax.experimental import multihost_utils
 
 from configs import cli
@@ -302,8 +303,17 @@ def _restore_parent(config, program, train_iter):
   new = json.loads(config.to_json())
   diff = [k for k in ('seed', 'model', 'data', 'optim') if _get(old, k) != _get(new, k)]
   if diff:
+    keys = [f'{k}.{f}' for k in diff if isinstance(new.get(k), dict)
+            for f in sorted(set(new[k]) | set(old.get(k) or {}))
+            if (old.get(k) or {}).get(f) != new[k].get(f)] or diff
     raise config_check.ConfigError(f'train.init_from: the parent {parent} differs in '
-                                   f'{", ".join(diff)}; a branch changes only the run length')
+                                   f'{", ".join(keys)}; a branch changes only the run length')
+  warm = optim.warmup_steps(ml_collections.ConfigDict(old))
+  if warm != optim.warmup_steps(config):
+    raise config_check.ConfigError(
+        f'train.init_from: the parent {parent} warms up for {warm} steps, this run for '
+        f'{optim.warmup_steps(config)} (a warmup_fraction of different run lengths); set '
+        'optim.warmup_steps so both follow one schedule up to the branch')
   if step > optim.decay_start(config):
     raise config_check.ConfigError(
         f'train.init_from step {step} is after this run\'s decay starts (step '
@@ -582,7 +592,11 @@ def run(config, workdir: str, t_process_start: float | None = None) -> dict:
   extra = frozenset(config_check.parse_steps(config.train.checkpoint_steps))
   # Branch points must survive: a run with train.checkpoint_steps keeps every checkpoint.
   checkpointer = ckpt_lib.Checkpointer(workdir, None if extra else config.train.keep_checkpoints)
-  start, state = _restore_or_init(config, program, checkpointer, train_iter, mesh)
+  try:
+    start, state = _restore_or_init(config, program, checkpointer, train_iter, mesh)
+  except BaseException:  # A refused restore: stop orbax's threads before the one-line error.
+    checkpointer.close()
+    raise
   startup.done('restore' if start else 'init')
   peak, peak_source = hardware.peak_flops_per_device(config.train.peak_flops)
   startup.done('peak FLOP/s')

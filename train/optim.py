@@ -4,22 +4,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from model.counts import planned_steps
+from model.counts import decay_start, planned_steps, warmup_steps  # The run's phases (JAX-free).
 
 
 DECAY_SHAPES = ('linear', 'cosine', '1-sqrt')
-
-
-def warmup_steps(config) -> int:
-  """Linear warmup steps: optim.warmup_steps, else optim.warmup_fraction of the planned steps."""
-  o, steps = config.optim, planned_steps(config)
-  return min(o.warmup_steps or int(o.warmup_fraction * steps), steps - 1)
-
-
-def decay_start(config) -> int:
-  """WSD: the last step at peak LR; the decay covers steps decay_start+1 .. planned steps."""
-  steps = planned_steps(config)
-  return max(warmup_steps(config), steps - round(config.optim.decay_fraction * steps))
 
 
 def schedule(config) -> optax.Schedule:
