@@ -49,6 +49,7 @@ fit.json schema (every number is a float unless noted)::
     "skipped": {"approachK" | "n_conventions": reason},  # what the input cannot support
     "prediction": {...},                  # only with --predict-flops
     "ladder": {...},                      # only with --holdout (schema: scaling/ladder.py)
+    "moe": {...},                         # only with several expert counts (scaling/moe_law.py)
     "target_run": {"flops", "approach", "N", "D", "tokens_per_param", "ci": {"N", "D"},
                    "loss", "ci_loss", "pi_loss"}   # only with --target-flops
   }
@@ -67,13 +68,12 @@ import time
 
 import numpy as np
 
-from scaling import ladder, tables
-from scaling.lbfgs import batched_lbfgs
+from scaling import ladder, moe_law, tables
+from scaling.lbfgs import BOOT_FTOL, HUBER_DELTA, SCIPY_FTOL, batched_lbfgs, distinct_optima
 from scaling.law import frontier, law_from_params, percentile_interval, predict_loss
 from scaling.points import (N_COUNTS, drop_highest_loss, group_budgets, load_csv, load_runs,
                             parse_columns)
 
-HUBER_DELTA = 1e-3
 NOTHING_FITTED = 3  # Exit status when the input supports no approach (2 is bad input).
 
 
@@ -149,10 +149,6 @@ def _check_identifiable(N, D):
     raise FitError("approach 3 needs at least 2 distinct token counts D")
 
 
-SCIPY_FTOL = 2.220446049250313e-09  # L-BFGS-B default: factr 1e7 × machine epsilon
-BOOT_FTOL = 1e-13  # warm-started bootstrap refits (see bootstrap_approach3)
-
-
 def _multi_start(logN, logD, logL, W_Pn, starts_P5, delta, reduce, max_iter,
                  ftol=SCIPY_FTOL):
   """Batched L-BFGS from every start; W_Pn rows are per-problem point counts."""
@@ -209,17 +205,6 @@ def fit_approach3(N, D, L, starts=None, delta=HUBER_DELTA, reduce="sum",
     order = np.argsort(f_ok)
     law["_optima"] = x[order[np.isfinite(f_ok[order])]]
   return law
-
-
-def distinct_optima(optima_K5, k, tol=1e-3):
-  """Up to k rows of optima (sorted best first) that differ by more than tol."""
-  picked = []
-  for x in optima_K5:
-    if all(np.max(np.abs(x - p)) > tol for p in picked):
-      picked.append(x)
-      if len(picked) == k:
-        break
-  return np.array(picked)
 
 
 def bootstrap_approach3(N, D, L, starts_K5, n_boot=200, seed=0, delta=HUBER_DELTA,
@@ -614,7 +599,29 @@ def fit_all(points, n_boot=200, seed=0, ci_flops=None, budget_tol=0.05, boot_sta
     n_other = min(n_boot, CONVENTION_BOOT) if conventions_boot is None else conventions_boot
     result["n_conventions"] = n_conventions(points, result, n_other, seed, budget_tol,
                                             boot_starts, starts, interior_only, log)
+  moe = moe_section(points, n_boot, seed, boot_starts, log)
+  if moe is not None:
+    result["moe"] = moe
   return result
+
+
+def moe_section(points, n_boot=200, seed=0, boot_starts=16, log=print):
+  """fit.json's 'moe' block (scaling/moe_law.py) when the runs have several expert counts, else None.
+
+  The multiplier's dense reference is approach 3 on the dense runs (E = 1) with N = active params.
+  """
+  if not moe_law.several_experts(points):
+    return None
+  dense, why = None, None
+  try:
+    dense = run_approach3(points.subset(points.moe["experts"] == 1).with_count("active"), n_boot,
+                          seed, boot_starts=boot_starts)
+  except ValueError as e:  # FitError, or runs without params_active.
+    why = f"approach 3 on the dense runs: {e}"
+  try:
+    return moe_law.run_moe(points, dense, n_boot, seed, dense_skipped=why, log=log)
+  except moe_law.MoEFitError as e:
+    return {"skipped": {"moe": str(e)}}
 
 
 def predict(result, C):
@@ -735,6 +742,8 @@ def main(argv=None):
   print(tables.format_table(result))
   if args.predict_flops:
     print(tables.format_prediction(result["prediction"]))
+  if "moe" in result:
+    print(moe_law.format_moe(result["moe"]))
   if not args.no_plots:
     from scaling import plot  # Local: matplotlib, only when plotting.
     files = plot.write_all(points, result, args.out)

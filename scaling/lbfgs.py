@@ -7,6 +7,23 @@ batch instead of a Python loop over scipy calls.
 
 import numpy as np
 
+# Settings shared by the fits that use it (approach 3 in scaling/fit.py, the joint MoE law in
+# scaling/moe_law.py).
+HUBER_DELTA = 1e-3  # Huber loss threshold on log residuals (Hoffmann et al. 2022).
+SCIPY_FTOL = 2.220446049250313e-09  # L-BFGS-B default: factr 1e7 × machine epsilon.
+BOOT_FTOL = 1e-13  # Warm-started bootstrap refits (see scaling.fit.bootstrap_approach3).
+
+
+def distinct_optima(optima_PK, k, tol=1e-3):
+  """Up to k rows of optima (sorted best first) that differ by more than tol in every entry."""
+  picked = []
+  for x in optima_PK:
+    if all(np.max(np.abs(x - p)) > tol for p in picked):
+      picked.append(x)
+      if len(picked) == k:
+        break
+  return np.array(picked)
+
 
 def _two_loop(g_P5, S_Pm5, Y_Pm5, rho_Pm):
   """L-BFGS two-loop recursion, batched; history ordered oldest -> newest."""

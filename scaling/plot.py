@@ -7,7 +7,8 @@ write_all(points, result, out) writes into OUT:
   * the PNGs the fit supports: optimal.png (N_opt and D_opt against C),
     isoflop.png (approach 2, with approach 3's law overlaid), envelope.png
     (approach 1), contours.png (approach 3's iso-loss lines over C and N),
-    residuals.png (approach 3's log residuals per budget);
+    residuals.png (approach 3's log residuals per budget), moe.png (loss
+    against active parameters per expert count, with the MoE law's curves);
   * report.md, report.html and points.csv (`scaling.report`);
   * TensorBoard events in OUT itself, one TensorBoard run (a sweep's fit
     goes to DIR/fit, beside the training runs): the PNGs as images
@@ -18,6 +19,7 @@ write_all(points, result, out) writes into OUT:
       frontier_step_100log10C/loss_approach3           L(N_opt, D_opt), nats/token
       envelope_step_100log10C/loss_min                 approach 1's lower envelope
       isoflop_step_100log10N/C_<budget>                approach 2's parabola per budget
+      moe_step_100log10N/loss_E<E>_<D or C>_<value>    the MoE law along E's runs (N active)
     over the data's FLOP and size range (no extrapolation), grouped on the
     Custom Scalars page. No HParams and no one-point charts: the fit's
     numbers are in the text.
@@ -36,6 +38,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from scaling import moe_law
 from scaling import report as report_lib
 from scaling.law import CHINCHILLA, EPOCH, frontier, law_from_params, predict_loss
 from scaling.points import group_budgets
@@ -453,9 +456,35 @@ def plot_envelope(points, a1):
   return _declutter(fig)
 
 
+def plot_moe(points, block):
+  """MoE runs: final loss against active parameters per expert count E, and the fitted MoE law's
+  curves along each E's runs (scaling.moe_law.law_curves)."""
+  fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+  E, N = points.moe["experts"], moe_law.active_params(points)
+  es = list(np.unique(E))
+  colors = budget_colors(len(es))
+  for e, color in zip(es, colors):
+    sel = E == e
+    ax.scatter(N[sel], points.L[sel], color=color, s=24, zorder=3, edgecolors="white",
+               linewidths=0.4, label=f"E = {e:g}" + (" (dense)" if e == 1 else ""))
+  for c in moe_law.law_curves(points, block):
+    ax.plot(c["N"], c["loss"], color=colors[es.index(c["experts"])], lw=1.2)
+  _log_axes(ax, y=False)
+  ax.set_xlabel("N_act (active parameters per token)")
+  ax.set_ylabel("final loss (nats/token)")
+  ax.grid(alpha=0.3, which="major")
+  form = (block.get("joint") or block.get("clark") or {}).get("form", "no MoE law fitted")
+  ax.set_title(f"MoE runs by expert count; lines: {form}", fontsize=8)
+  ax.legend(fontsize=8, loc="upper right", title="dots: runs; lines: law along their D or C",
+            title_fontsize=7)
+  return _declutter(fig)
+
+
 def figures(points, result):
   """{name: thunk returning a figure} for every plot the result supports."""
   figs = {"optimal": lambda: plot_optimal(points, result)}
+  if "n_runs" in result.get("moe", {}):
+    figs["moe"] = lambda: plot_moe(points, result["moe"])
   if result.get("approach2"):
     figs["isoflop"] = lambda: plot_isoflop(points, result["approach2"], result.get("approach3"))
   if result.get("approach1"):
@@ -520,6 +549,10 @@ def scalars(points, result):
       c2, c1, c0 = b["coef"]
       tag = f"isoflop_step_100log10N/C_{flops_text(b['flops'])}"
       out[tag] = list(zip(s, c0 + c1 * x + c2 * x * x))
+  if "n_runs" in result.get("moe", {}):
+    for c in moe_law.law_curves(points, result["moe"]):
+      tag = f"moe_step_100log10N/loss_E{c['experts']:g}_{c['kind']}_{flops_text(c['value'])}"
+      out[tag] = list(zip(np.round(100 * np.log10(c["N"])).astype(int), c["loss"]))
   return out
 
 
@@ -537,6 +570,10 @@ def _layout(tags):
   if iso:
     layout["fit: IsoFLOP parabolas (step = 100 log10 N)"] = {
       "loss (nats/token) per budget": ["Multiline", iso]}
+  moe = [t for t in tags if t.startswith("moe_")]
+  if moe:
+    layout["fit: MoE law (step = 100 log10 N_active)"] = {
+      "loss (nats/token) per expert count": ["Multiline", moe]}
   return layout
 
 

@@ -13,7 +13,10 @@ Inputs
     written by the training loop; runs without summary.json are reported and
     skipped. Every `params_<count>` key present in all runs goes into
     `Points.Ns`; `config.optim.lr` and `config.data.global_batch_size` ×
-    `config.data.seq_len`, when every run has them, into `Points.hparams`.
+    `config.data.seq_len`, when every run has them, into `Points.hparams`;
+    `config.model.moe_num_experts` (0, dense, counts as E = 1), `moe_top_k`
+    and `moe_granularity`, when every run has a model config, into
+    `Points.moe` (for `scaling.moe_law`).
 """
 
 import csv
@@ -24,7 +27,7 @@ import os
 
 import numpy as np
 
-N_COUNTS = ("with_head", "non_embedding", "total")
+N_COUNTS = ("with_head", "non_embedding", "total", "active")  # active: per token (MoE).
 CSV_ALIASES = {
   "params": ("params", "n", "model size", "model_size", "parameters", "n_params"),
   "tokens": ("tokens", "d", "training tokens", "training_tokens", "n_tokens"),
@@ -43,9 +46,11 @@ class Points:
   curves: per run a dict of arrays {"flops", "tokens", "loss"} or None;
   curve_source says whether curves are eval loss or smoothed train loss.
   Ns: {count: parameters per run} for every N convention the input names
-  (`with_head`, `non_embedding`, `total`; N is Ns[n_count] when present),
+  (`with_head`, `non_embedding`, `total`, `active`; N is Ns[n_count] when present),
   or None. hparams: {"lr": peak learning rate, "batch_tokens": tokens per
-  optimizer step} per run, or None.
+  optimizer step} per run, or None. moe: {"experts": routed experts E (1
+  for a dense run), "top_k": experts per token (0 for dense), "granularity":
+  d_ff / d_expert (1 for dense)} per run, or None.
   """
   names: list
   N: np.ndarray
@@ -59,6 +64,7 @@ class Points:
   excluded: list = dataclasses.field(default_factory=list)
   Ns: dict = None
   hparams: dict = None
+  moe: dict = None
 
   def subset(self, keep):
     """Points restricted to the boolean or index array keep."""
@@ -71,7 +77,7 @@ class Points:
     return dataclasses.replace(
       self, names=[self.names[i] for i in idx], N=self.N[idx], D=self.D[idx],
       C=self.C[idx], L=self.L[idx], curves=curves, Ns=pick(self.Ns),
-      hparams=pick(self.hparams))
+      hparams=pick(self.hparams), moe=pick(self.moe))
 
   def with_count(self, n_count):
     """The same points with N counted as n_count (a key of Ns); C is kept.
@@ -261,22 +267,38 @@ def _run_hparams(s):
   return lr, batch
 
 
+def _run_moe(s):
+  """(E, top_k, granularity) from a summary's config (E = 1, top_k 0 when dense), or None."""
+  cfg = s.get("config")
+  model = cfg.get("model") if isinstance(cfg, dict) else None
+  if not isinstance(model, dict):
+    return None
+  try:
+    e = int(model.get("moe_num_experts") or 0)
+    if e <= 0:
+      return 1.0, 0.0, 1.0
+    return float(e), float(model.get("moe_top_k", 1)), float(model.get("moe_granularity", 1))
+  except (TypeError, ValueError):
+    return None
+
+
 def load_runs(root, n_count="with_head", warn=print):
   """Read a sweep folder DIR/<run>/summary.json (+ curve.json) into Points.
 
   N is summary['params_<n_count>'], D = summary['tokens'], loss =
   summary['eval_loss'], C = summary['flops_6nd'] when present else 6ND.
   Every other positive params_<count> key that all runs have goes into
-  Points.Ns; the runs' peak LR and batch tokens into Points.hparams when all
-  runs have them. Runs without summary.json or with a non-finite loss are
-  listed in Points.excluded (and passed to warn), never used silently.
+  Points.Ns; the runs' peak LR and batch tokens into Points.hparams, and
+  their expert counts into Points.moe, when all runs have them. Runs
+  without summary.json or with a non-finite loss are listed in
+  Points.excluded (and passed to warn), never used silently.
   """
   if n_count not in N_COUNTS:
     raise ValueError(f"n_count must be one of {N_COUNTS}, got {n_count!r}")
   if not os.path.isdir(root):
     raise ValueError(f"{root}: no such sweep folder")
   names, Ns, Ds, Cs, Ls, curves, sources, excluded = [], [], [], [], [], [], set(), []
-  counts, hps = {c: [] for c in N_COUNTS}, []
+  counts, hps, moes = {c: [] for c in N_COUNTS}, [], []
   for name in sorted(os.listdir(root)):
     run = os.path.join(root, name)
     if not os.path.isdir(run):
@@ -311,6 +333,7 @@ def load_runs(root, n_count="with_head", warn=print):
       counts[c].append(float(v) if isinstance(v, (int, float)) and np.isfinite(v) and v > 0
                        else None)
     hps.append(_run_hparams(s))
+    moes.append(_run_moe(s))
     if src:
       sources.add(src)
   for name, reason in excluded:
@@ -321,10 +344,13 @@ def load_runs(root, n_count="with_head", warn=print):
   hparams = None
   if None not in hps:
     hparams = {"lr": np.array([h[0] for h in hps]), "batch_tokens": np.array([h[1] for h in hps])}
+  moe = None
+  if None not in moes:
+    moe = dict(zip(("experts", "top_k", "granularity"), np.array(moes, float).T))
   pts = Points(names, np.array(Ns), np.array(Ds), np.array(Cs), np.array(Ls),
                source=f"runs:{root}", n_count=n_count, curves=curves,
                curve_source="+".join(sorted(sources)) or None, excluded=excluded,
-               Ns=all_counts, hparams=hparams)
+               Ns=all_counts, hparams=hparams, moe=moe)
   return pts
 
 

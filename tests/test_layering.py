@@ -16,7 +16,8 @@ PACKAGES = ('configs', 'model', 'train', 'scaling', 'launch')
 
 # scaling/ has three halves: pure (numbers in, numbers out), arithmetic (budgets, memory), cost.
 SCALING_PURE = {'scaling.points', 'scaling.law', 'scaling.lbfgs', 'scaling.fit', 'scaling.tables',
-                'scaling.plot', 'scaling.report', 'scaling.ladder', 'scaling.hparams', 'scaling.rules'}
+                'scaling.plot', 'scaling.report', 'scaling.ladder', 'scaling.hparams', 'scaling.rules',
+                'scaling.moe_law'}
 SCALING_ARITHMETIC = {'scaling.plan', 'scaling.memory'}
 SCALING_COST = {'scaling.flops', 'scaling.aot'}
 MODEL_JAX_FREE = {'model.counts'}
