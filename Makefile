@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,tpu-aot,ray]'
+	$(PY) -m pip install --quiet -e '.[test,tpu-aot,ray,quant]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 # The demo is the CPU path (an IsoFLOP sweep of tiny models, then the fit); JAX_PLATFORMS=cpu keeps

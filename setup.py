@@ -35,5 +35,7 @@ setup(
         'tpu-aot': ['jax[tpu]'],
         # Only for `launch.sweep --backend ray`; tested with ray 2.40.0 and 2.60.0 (Python 3.11).
         'ray': ['ray[default]>=2.40,<3'],
+        # Only for scaling.quant (post-training quantization of a checkpoint); tested with 0.1.8.
+        'quant': ['qwix>=0.1.8,<0.2'],
     },
 )

@@ -108,6 +108,16 @@ def run_tokenizer(workdir: str, config):
 
 def restore_model(workdir: str, config):
   """(step, model) from the newest intact checkpoint of the run, on one device."""
+  step, program, state = restore_state(workdir, config)
+  model, _ = nnx.merge(program.graphdef, state)
+  return step, model
+
+
+def restore_state(workdir: str, config):
+  """(step, program, state) of the run's newest intact checkpoint, on one device.
+
+  `state` is the (model, optimizer) nnx.State that `program.eval_step` takes.
+  """
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise ConfigError(f'{workdir} has no checkpoints/ folder: the run saved no checkpoint '
                       '(train.checkpoint_every=0, or it stopped before its first save)')
@@ -126,8 +136,7 @@ def restore_model(workdir: str, config):
     checkpointer.close()
   if not step:
     raise ConfigError(f'no intact checkpoint in {checkpointer.dir}')
-  model, _ = nnx.merge(program.graphdef, state)
-  return step, model
+  return step, program, state
 
 
 def _parser() -> argparse.ArgumentParser:
