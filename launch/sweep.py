@@ -12,8 +12,16 @@ and each run trains for its own budget as `train.flops` = C, so warmup and the
 cosine decay are matched to its own horizon (Chinchilla; Porian et al. 2024).
 
 Units: C in FLOPs (6 N D, total for the run), N = parameters with the output
-head (model.counts `with_head`, the N that `train` and `scaling.fit` use), D in
-tokens, steps in optimizer steps.
+head that a token passes through (model.counts `active`: `with_head` for a
+dense model, the N that `train` and `scaling.fit` use; for MoE, equal active
+compute), D in tokens, steps in optimizer steps.
+
+Optional sweep keys: `variants` ({name: overrides}: the whole IsoFLOP grid once
+per variant, runs named <variant>_<budget>_<shape>, e.g. dense against MoE at
+equal active N; each variant is fitted on its own into DIR/fit/<variant>/, and
+all together into DIR/fit/ for the MoE law), `hparams` (per-run
+hyper-parameter rules, scaling.rules) and `cooldowns_per_size` (WSD cooldown
+branches, `_cooldown_branches`).
 
 Runs live in DIR/<budget>_<shape>/ (train.log, summary.json, curve.json,
 TensorBoard events, checkpoints). Finished runs (summary.json present) are
@@ -77,12 +85,13 @@ class Run:
   name: str  # '<budget>_<shape>': also its workdir name under the sweep folder.
   budget: float  # Training FLOPs C of the run (6 N D, whole run).
   target_params: float  # N the plan asked for (parameters, with head).
-  params: int  # N of the built shape (parameters, with head).
+  params: int  # N of the built shape (parameters with head a token passes through: `active`).
   shape: dict  # model.{n_layers, d_model, n_heads, n_kv_heads, d_ff}.
   steps: int  # Optimizer steps train will plan for train.flops = budget.
   tokens_per_step: int  # data.global_batch_size * data.seq_len.
   overrides: dict  # Dotted key -> value: every --config.a.b=v flag of the command.
   config: ml_collections.ConfigDict  # The full run config (base file + overrides).
+  variant: str = ''  # The sweep's `variants` entry it belongs to ('' without variants).
   parent: str = ''  # A cooldown branch: the run (name) it starts from; '' for a run from scratch.
   branch_step: int = 0  # A cooldown branch: the parent's step it starts from (its decay start).
 
@@ -171,10 +180,11 @@ def budget_label(flops: float) -> str:
 # ---------------------------------------------------------------------------- shapes
 
 
-def _n_with_head(model_cfg, shape: dict) -> int:
+def _n_active(model_cfg, shape: dict) -> int:
+  """N of `shape`: parameters with head that a token passes through (= with head when dense)."""
   m = ml_collections.ConfigDict(model_cfg.to_dict())
   m.update(shape)
-  return param_counts(m).with_head
+  return param_counts(m).active
 
 
 def build_shape(target_params: float, model_cfg: ml_collections.ConfigDict,
@@ -205,19 +215,20 @@ def build_shape(target_params: float, model_cfg: ml_collections.ConfigDict,
                             for f in (math.floor, math.ceil)}):
       shape = dict(n_layers=n_layers, d_model=d, n_heads=heads, n_kv_heads=heads // group,
                    d_ff=_round_to(rule.ff_ratio * d, rule.ff_multiple))
-      err = abs(math.log(_n_with_head(model_cfg, shape) / target_params))
+      err = abs(math.log(_n_active(model_cfg, shape) / target_params))
       candidates.append((err, d, n_layers, shape))
   candidates.sort(key=lambda t: t[:3])
   best = None
   for _, d, _, shape in candidates[:4]:
     # N is linear in d_ff: solve for the target, then round and clamp.
-    n0 = _n_with_head(model_cfg, {**shape, 'd_ff': 0})
-    slope = _n_with_head(model_cfg, {**shape, 'd_ff': 1}) - n0
+    probe = 64 * max(1, model_cfg.get('moe_granularity', 1))  # d_expert = d_ff / granularity.
+    n0 = _n_active(model_cfg, {**shape, 'd_ff': 0})
+    slope = (_n_active(model_cfg, {**shape, 'd_ff': probe}) - n0) / probe
     lo = _round_up(rule.ff_min * d, rule.ff_multiple)
     hi = max(lo, int(rule.ff_max * d // rule.ff_multiple) * rule.ff_multiple)
     d_ff = min(max(_round_to((target_params - n0) / slope, rule.ff_multiple), lo), hi)
     shape = {**shape, 'd_ff': d_ff}
-    n = _n_with_head(model_cfg, shape)
+    n = _n_active(model_cfg, shape)
     err = abs(n / target_params - 1)
     if best is None or err < best[0]:
       best = (err, shape, n)
@@ -295,7 +306,7 @@ def _make_run(s, base, common: dict, budget: float, target: float, shape: dict, 
   overrides = {k: v for k, v in overrides.items()
                if not (k in ('train.steps', 'train.tokens') and _get(base, k) == 0)}
   return Run(name=name, budget=float(budget), target_params=target,
-             params=param_counts(config.model).with_head, shape=shape, steps=steps,
+             params=param_counts(config.model).active, shape=shape, steps=steps,
              tokens_per_step=config.data.global_batch_size * config.data.seq_len, overrides=overrides,
              config=config)
 
@@ -306,7 +317,8 @@ def _rule_overrides(s, config, budget: float, name: str) -> dict:
   lr, b2 and weight_decay set their optim fields; batch_tokens sets
   data.global_batch_size to the nearest whole number of sequences (at least
   1); warmup_tokens sets optim.warmup_steps to whole steps (at least 1) at the
-  run's batch. N is the run's parameters with head, C its budget.
+  run's batch. N is the run's active parameters with head (= with head when
+  dense), C its budget.
   """
   spec = s.get('hparams')
   if not spec:
@@ -315,7 +327,7 @@ def _rule_overrides(s, config, budget: float, name: str) -> dict:
   seq = config.data.seq_len
   try:
     values = rules.resolve(spec.to_dict() if hasattr(spec, 'to_dict') else dict(spec),
-                           params=counts.with_head, flops=budget,
+                           params=counts.active, flops=budget,
                            params_non_embedding=counts.non_embedding,
                            batch_tokens=config.data.global_batch_size * seq, seq_len=seq)
   except rules.RuleError as e:
@@ -342,7 +354,7 @@ def _wsd_overrides(s, config) -> dict:
   return {'optim.schedule': 'wsd', 'optim.warmup_steps': warmup_steps(config)}
 
 
-def _budget_runs(s, base, common: dict, budget: float, runs: list) -> list:
+def _budget_runs(s, base, common: dict, budget: float, runs: list, variant: str = '') -> list:
   """The runs of one budget: the plan's sizes around N_opt, each built into a shape."""
   try:
     p = plan_lib.isoflop_plan(float(budget), s.law, n_sizes=s.n_sizes, span=s.span)
@@ -354,7 +366,7 @@ def _budget_runs(s, base, common: dict, budget: float, runs: list) -> list:
       shape = build_shape(target, base.model, s.shape)
     except SweepError as e:
       raise SweepError(f'budget {budget:g}, size {i + 1}/{len(p["sizes"])}: {e}') from None
-    name = f'{budget_label(budget)}_{shape_name(shape)}'
+    name = f'{variant}_' * bool(variant) + f'{budget_label(budget)}_{shape_name(shape)}'
     if name not in seen and any(r.name == name for r in runs):
       raise SweepError(f'budget {budget:g}: run name {name} repeats another budget\'s '
                        '(budgets equal to 3 significant digits)')
@@ -363,7 +375,31 @@ def _budget_runs(s, base, common: dict, budget: float, runs: list) -> list:
                        f'{p["sizes"][seen[name]]:,.0f} and {target:,.0f}) build the same shape '
                        f'{shape_name(shape)}; use fewer sizes, a wider span or a smaller head_dim')
     seen[name] = i
-    out.append(_make_run(s, base, common, budget, target, shape, name))
+    out.append(dataclasses.replace(_make_run(s, base, common, budget, target, shape, name),
+                                   variant=variant))
+  return out
+
+
+def _variants(s, base, common: dict) -> list:
+  """[(variant name, its base config, its overrides)]: one unnamed variant without `variants`."""
+  variants = s.get('variants')
+  if not variants:
+    return [('', base, common)]
+  out = []
+  for name, overrides in variants.items():
+    if not name.replace('-', '').replace('.', '').isalnum():
+      raise SweepError(f'variants: name {name!r} must be letters, digits, "-" or "." (a folder prefix)')
+    extra = flatten(overrides)
+    config = ml_collections.ConfigDict(base.to_dict())
+    apply_overrides(config, extra, f'variants.{name}')
+    for key in extra:
+      if key.startswith('model.') and key.split('.')[1] in SHAPE_KEYS:
+        raise SweepError(f'variants.{name}: {key} is set per run by the shape rule; remove it')
+    g = config.model.get('moe_granularity', 1)
+    if config.model.get('moe_num_experts', 0) and s.shape.ff_multiple % g:
+      raise SweepError(f'variants.{name}: model.moe_granularity={g} does not divide '
+                       f'shape.ff_multiple={s.shape.ff_multiple}, so d_ff could not be split into experts')
+    out.append((name, config, {**common, **extra}))
   return out
 
 
@@ -395,8 +431,9 @@ def expand(sweep_cfg: ml_collections.ConfigDict) -> Sweep:
   budgets = _check_sweep_keys(s)
   base, common = _base_config(s)
   runs = []
-  for budget in budgets:
-    runs += _budget_runs(s, base, common, budget, runs)
+  for variant, v_base, v_common in _variants(s, base, common):
+    for budget in budgets:
+      runs += _budget_runs(s, v_base, v_common, budget, runs, variant)
   warns = _check_lengths(s, runs)
   branches, notes = _cooldown_branches(s, runs, budgets)
   runs += branches
@@ -437,7 +474,7 @@ def _cooldown_branches(s, runs: list, budgets: list) -> tuple[list, list]:
   for parent in list(runs):
     points = []
     for budget in [b for b in reversed(budgets) if b < parent.budget][:max(k - 1, 0)]:
-      name = f'{budget_label(budget)}_{shape_name(parent.shape)}'
+      name = f'{parent.variant}_' * bool(parent.variant) + f'{budget_label(budget)}_{shape_name(parent.shape)}'
       if name in names:
         continue
       run = _branch_run(s, parent, budget, name)
@@ -508,7 +545,7 @@ def format_table(sweep: Sweep) -> str:
   hyper-parameters each run gets (peak LR, batch in tokens, Adam b2, warmup steps); a
   cooldown branch names its parent and branch step."""
   head = (f'{"run":<30} {"C (FLOPs)":>10} {"L":>3} {"d_model":>7} {"heads":>5} {"kv":>3} '
-          f'{"d_ff":>5} {"N target":>10} {"N (w/ head)":>11} {"D (tokens)":>11} {"steps":>6} '
+          f'{"d_ff":>5} {"N target":>10} {"N active":>11} {"D (tokens)":>11} {"steps":>6} '
           f'{"D/N":>7} {"lr":>8} {"batch":>7} {"b2":>6} {"warmup":>6}  from')
   lines = [head, '-' * len(head)]
   for r in sweep.runs:
@@ -764,8 +801,12 @@ def main(argv=None, log=print) -> int:
   failed = [n for n, v in results.items() if v in ('failed', 'preempted-out')]
   if not args.no_fit:
     bootstrap = sweep.fit.bootstrap if args.bootstrap is None else args.bootstrap
-    fit_sweep(workdir, [r.name for r in sweep.runs], os.path.join(workdir, sweep.fit.out),
-              bootstrap, sweep.fit.plots, log)
+    out = os.path.join(workdir, sweep.fit.out)
+    for variant in sorted({r.variant for r in sweep.runs} - {''}):
+      log(f'fit: variant {variant}')
+      fit_sweep(workdir, [r.name for r in sweep.runs if r.variant == variant],
+                os.path.join(out, variant), bootstrap, sweep.fit.plots, log)
+    fit_sweep(workdir, [r.name for r in sweep.runs], out, bootstrap, sweep.fit.plots, log)
   if failed:
     log(f'{len(failed)} run(s) failed: ' + ', '.join(
         f'{n} ({results[n]}, see {os.path.join(workdir, n, "train.log")})' for n in failed))

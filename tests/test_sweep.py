@@ -142,7 +142,7 @@ def test_dry_run_prints_table_and_commands_and_runs_nothing(tmp_path, capsys):
   assert sweep_lib.main(['--config', DEMO, '--workdir', str(workdir), '--dry-run']) == 0
   out = capsys.readouterr().out
   sweep = sweep_lib.expand(sweep_lib.load_config_file(DEMO))
-  for header in ('C (FLOPs)', 'd_model', 'N (w/ head)', 'D (tokens)', 'steps', 'D/N'):
+  for header in ('C (FLOPs)', 'd_model', 'N active', 'D (tokens)', 'steps', 'D/N'):
     assert header in out
   commands = [ln for ln in out.splitlines() if ' -m train ' in ln]
   assert len(commands) == len(sweep.runs)
@@ -635,3 +635,60 @@ def test_a_bad_hparam_rule_is_refused_naming_it(tmp_path, capsys):
   assert sweep_lib.main(['--config', cfg, '--workdir', str(tmp_path / 'w'), '--dry-run']) == 2
   err = capsys.readouterr().err
   assert err.startswith('error: hparams') and 'nonsense' in err and 'Traceback' not in err
+
+
+# ---------------------------------------------------------------------------- variants (dense against MoE)
+
+
+def test_moe_sweep_configs_match_active_parameters_across_variants():
+  sweep = sweep_lib.expand(sweep_lib.load_config_file('configs/sweeps/moe_cpu.py'))
+  by_variant = {}
+  for r in sweep.runs:
+    by_variant.setdefault(r.variant, []).append(r)
+    assert r.name.startswith(f'{r.variant}_')
+  assert sorted(by_variant) == ['dense', 'moe'] and len({r.budget for r in sweep.runs}) >= 3
+  for d, m in zip(by_variant['dense'], by_variant['moe']):  # Same plan target, same budget.
+    assert d.budget == m.budget and d.target_params == m.target_params
+    assert abs(m.params / d.params - 1) < 0.05  # Equal active N (and so equal D and C).
+    assert m.config.model.moe_num_experts == 8 and d.config.model.moe_num_experts == 0
+    assert m.overrides['model.moe_num_experts'] == 8
+    total = sweep_lib.param_counts(m.config.model).with_head
+    assert total > 1.5 * m.params  # The MoE stores more than a token uses (6 of 8 experts idle).
+  experts = sweep_lib.expand(sweep_lib.load_config_file('configs/sweeps/moe_experts_cpu.py'))
+  assert {r.config.model.moe_num_experts for r in experts.runs} == {0, 1, 2, 4, 8, 16}
+  gran = sweep_lib.expand(sweep_lib.load_config_file('configs/sweeps/moe_granularity_cpu.py'))
+  moe = [r for r in gran.runs if r.variant != 'dense']
+  assert {(r.config.model.moe_granularity, r.config.model.moe_top_k) for r in moe} == {
+      (1, 1), (2, 2), (4, 4), (8, 8)}
+  for r in moe:  # Experts of d_ff / G, E = 4G: the same stored and active MLP at every G.
+    assert r.config.model.moe_num_experts == 4 * r.config.model.moe_granularity
+    assert r.config.model.d_ff % r.config.model.moe_granularity == 0
+
+
+@pytest.mark.parametrize('extra, message', [
+    ("c.variants = ml_collections.ConfigDict({'a b': {}})", "variants: name 'a b'"),
+    ("c.variants = ml_collections.ConfigDict({'m': {'model': {'d_model': 8}}})",
+     'variants.m: model.d_model is set per run'),
+    ("c.variants = ml_collections.ConfigDict({'m': {'model': {'nonsense': 1}}})",
+     "variants.m: unknown config key 'model.nonsense'"),
+    ("c.variants = ml_collections.ConfigDict({'m': {'model': {'moe_num_experts': 12, "
+     "'moe_granularity': 3}}})", 'moe_granularity=3 does not divide shape.ff_multiple'),
+])
+def test_bad_variants_are_refused_naming_them(tmp_path, capsys, extra, message):
+  cfg = write_sweep(tmp_path, extra=extra)
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(tmp_path / 'w'), '--dry-run']) == 2
+  assert message in capsys.readouterr().err
+
+
+def test_variants_are_fitted_each_on_their_own_and_together(tmp_path):
+  extra = "c.variants = ml_collections.ConfigDict({'a': {}, 'b': {'optim': {'lr': 1e-3}}})"
+  cfg = write_sweep(tmp_path, budgets=(2e9, 6e9, 2e10), n_sizes=3, extra=extra)
+  workdir = tmp_path / 'w'
+  lines = []
+  sweep_lib.main(['--config', cfg, '--workdir', str(workdir), '--python', fake_python(tmp_path)],
+                 log=lines.append)
+  for sub in ('fit/a', 'fit/b', 'fit'):
+    assert (workdir / sub / 'fit.json').is_file(), '\n'.join(lines)
+  a = json.load(open(workdir / 'fit' / 'a' / 'fit.json'))
+  assert a['input']['n_points'] == 9
+  assert json.load(open(workdir / 'fit' / 'fit.json'))['input']['n_points'] == 18
