@@ -22,7 +22,8 @@ import pytest
 
 ray = pytest.importorskip('ray')
 
-from launch import ray_backend  # noqa: E402  (after the skip: ray must be importable)
+from launch import expand as expand_lib  # noqa: E402  (after the skip: ray must be importable)
+from launch import ray_backend  # noqa: E402
 from launch import sweep as sweep_lib  # noqa: E402
 from test_sweep import write_sweep  # noqa: E402
 
@@ -115,7 +116,7 @@ def _past(run, checkpoint: bool) -> str:
 
 def test_micro_sweep_on_ray_resumes_interrupted_runs_and_a_rerun_runs_nothing(tmp_path, cluster):
   cfg = write_sweep(tmp_path, budgets=(1e9,), n_sizes=3, extra='c.checkpoints_per_run = 4')
-  sweep = sweep_lib.expand(sweep_lib.load_config_file(cfg))
+  sweep = expand_lib.expand(expand_lib.load_config_file(cfg))
   assert len(sweep.runs) == 3
   lost, termed = sorted(sweep.runs, key=lambda r: -r.steps)[:2]  # The longest: most room mid-run.
   every = lost.overrides['train.checkpoint_every']

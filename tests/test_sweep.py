@@ -10,9 +10,11 @@ import textwrap
 import pytest
 import yaml  # PyYAML comes with ml_collections: parses the Ray cluster configs of the dry run.
 
+from launch import expand as expand_lib
 from launch import ray_backend
 from launch import sweep as sweep_lib
 from launch import tpu as tpu_lib
+from model.counts import param_counts
 from scaling import plan as plan_lib
 
 DEMO = 'configs/sweeps/isoflop_cpu.py'
@@ -87,8 +89,8 @@ def fake_python(tmp_path, fail_marker='NONE'):
 
 
 def test_demo_sweep_expands_into_planned_runs():
-  cfg = sweep_lib.load_config_file(DEMO)
-  sweep = sweep_lib.expand(cfg)
+  cfg = expand_lib.load_config_file(DEMO)
+  sweep = expand_lib.expand(cfg)
   assert len(sweep.runs) == len(cfg.budgets) * cfg.n_sizes
   assert sorted({r.budget for r in sweep.runs}) == sorted(cfg.budgets)
   for budget in cfg.budgets:
@@ -105,33 +107,32 @@ def test_demo_sweep_expands_into_planned_runs():
       assert sh['n_heads'] % sh['n_kv_heads'] == 0
       assert r.config.train.flops == budget and r.config.train.steps == 0
       assert r.overrides['train.flops'] == budget
-      assert r.name.startswith(sweep_lib.budget_label(budget) + '_')
+      assert r.name.startswith(expand_lib.budget_label(budget) + '_')
   assert len({r.name for r in sweep.runs}) == len(sweep.runs)
 
 
 def test_launcher_steps_match_the_training_loop():
   from train import optim
-  for r in sweep_lib.expand(sweep_lib.load_config_file(DEMO)).runs:
+  for r in expand_lib.expand(expand_lib.load_config_file(DEMO)).runs:
     assert optim.planned_steps(r.config) == r.steps, r.name
 
 
 def test_shape_rule_hits_targets_and_names_failures():
-  base = sweep_lib.load_config_file('configs/tiny_cpu.py').model
-  rule = sweep_lib.load_config_file(DEMO).shape
-  from model.counts import param_counts
+  base = expand_lib.load_config_file('configs/tiny_cpu.py').model
+  rule = expand_lib.load_config_file(DEMO).shape
   for target in (3e5, 1e6, 5e6, 3e7):
-    shape = sweep_lib.build_shape(target, base, rule)
+    shape = expand_lib.build_shape(target, base, rule)
     m = base.copy_and_resolve_references()
     m.update(shape)
     assert param_counts(m).with_head == pytest.approx(target, rel=rule.tolerance)
-  with pytest.raises(sweep_lib.SweepError, match='no model shape within 10% of target N=1,000'):
-    sweep_lib.build_shape(1e3, base, rule)  # Smaller than the embedding head alone.
+  with pytest.raises(expand_lib.SweepError, match='no model shape within 10% of target N=1,000'):
+    expand_lib.build_shape(1e3, base, rule)  # Smaller than the embedding head alone.
 
 
 def test_budget_labels():
-  assert sweep_lib.budget_label(1e11) == '1e11'
-  assert sweep_lib.budget_label(3.2e12) == '3.2e12'
-  assert sweep_lib.budget_label(500.0) == '500'
+  assert expand_lib.budget_label(1e11) == '1e11'
+  assert expand_lib.budget_label(3.2e12) == '3.2e12'
+  assert expand_lib.budget_label(500.0) == '500'
 
 
 # ---------------------------------------------------------------------------- dry run
@@ -141,7 +142,7 @@ def test_dry_run_prints_table_and_commands_and_runs_nothing(tmp_path, capsys):
   workdir = tmp_path / 'sweep'
   assert sweep_lib.main(['--config', DEMO, '--workdir', str(workdir), '--dry-run']) == 0
   out = capsys.readouterr().out
-  sweep = sweep_lib.expand(sweep_lib.load_config_file(DEMO))
+  sweep = expand_lib.expand(expand_lib.load_config_file(DEMO))
   for header in ('C (FLOPs)', 'd_model', 'N active', 'D (tokens)', 'steps', 'D/N'):
     assert header in out
   commands = [ln for ln in out.splitlines() if ' -m train ' in ln]
@@ -163,7 +164,7 @@ def test_tpu_dry_run_prints_gcloud_commands(tmp_path, capsys):
   assert len(lines) == 6
   assert all('tpu-vm ssh v5e-16-a --zone=us-west4-a --worker=all' in ln for ln in lines)
   assert all('--workdir gs://b/s/' in ln and '--multihost' in ln for ln in lines)
-  fetch = tpu_lib.fetch_commands(sweep_lib.load_config_file(cfg).tpu, 'r1', '/tmp/x')
+  fetch = tpu_lib.fetch_commands(expand_lib.load_config_file(cfg).tpu, 'r1', '/tmp/x')
   assert fetch[0] == ['gcloud', 'storage', 'cp', 'gs://b/s/r1/summary.json', '/tmp/x/summary.json']
 
 
@@ -172,7 +173,7 @@ def test_tpu_dry_run_prints_gcloud_commands(tmp_path, capsys):
 
 def test_pool_continues_after_a_failure_skips_finished_runs_and_fits(tmp_path):
   cfg = write_sweep(tmp_path)
-  sweep = sweep_lib.expand(sweep_lib.load_config_file(cfg))
+  sweep = expand_lib.expand(expand_lib.load_config_file(cfg))
   bad = sweep.runs[1].name
   python = fake_python(tmp_path, fail_marker=bad)
   workdir = tmp_path / 'sweep'
@@ -220,7 +221,7 @@ def test_real_runs_train_with_their_budget_and_are_skipped_on_rerun(tmp_path):
   lines = []
   assert sweep_lib.main(['--config', cfg, '--workdir', str(workdir), '--parallel', '2', '--no-fit'],
                         log=lines.append) == 0, '\n'.join(lines)
-  for r in sweep_lib.expand(sweep_lib.load_config_file(cfg)).runs:
+  for r in expand_lib.expand(expand_lib.load_config_file(cfg)).runs:
     s = json.load(open(workdir / r.name / 'summary.json'))
     assert s['params_with_head'] == r.params and s['steps'] == r.steps
     assert s['config']['train']['flops'] == 1e9
@@ -276,7 +277,7 @@ def test_tpu_flag_needs_a_tpu_block(tmp_path, capsys):
 def test_check_fit_hook_runs_scaling_aot_per_run(tmp_path, monkeypatch):
   import importlib.util
   import stat as stat_lib
-  sweep = sweep_lib.expand(sweep_lib.load_config_file(write_sweep(tmp_path)))
+  sweep = expand_lib.expand(expand_lib.load_config_file(write_sweep(tmp_path)))
   # A stand-in interpreter for `python -m scaling.aot`: d_model < 20 fits, 12 is a bad config.
   fake = tmp_path / 'fake_python'
   seen = tmp_path / 'seen.txt'
@@ -377,7 +378,7 @@ def preempting_python(tmp_path, always_preempted='NONE', failing='NONE'):
 
 def test_pool_requeues_preempted_runs_within_budget_and_retries_failures(tmp_path):
   cfg = write_sweep(tmp_path)
-  names = [r.name for r in sweep_lib.expand(sweep_lib.load_config_file(cfg)).runs]
+  names = [r.name for r in expand_lib.expand(expand_lib.load_config_file(cfg)).runs]
   spot, bad = names[0], names[1]
   python = preempting_python(tmp_path, always_preempted=spot, failing=bad)
   workdir = tmp_path / 'sweep'
@@ -472,7 +473,7 @@ def test_ray_dry_run_prints_cluster_configs_for_tpu_vms_and_gpu_hosts(tmp_path, 
                                        schedulingConfig=dict(spot=False))
   assert worker['resources'] == {'TPU': 8}
   assert tpu_cfg['available_node_types']['head']['resources'] == {'CPU': 0}  # The driver only.
-  assert tpu_cfg['file_mounts'] == {'~/chinchax': sweep_lib.REPO_ROOT}
+  assert tpu_cfg['file_mounts'] == {'~/chinchax': expand_lib.REPO_ROOT}
   assert any("pip install -e '.[ray,tpu-aot]'" in c for c in tpu_cfg['worker_setup_commands'])
   gpu_worker = gpu_cfg['available_node_types']['gpu_worker']
   assert gpu_worker['node_config']['guestAccelerators'] == [
@@ -507,7 +508,7 @@ def test_ray_dry_run_refuses_multi_host_slices_and_knows_tpu_hosts(tmp_path, cap
 
 
 def test_the_125m_sweep_config_expands_around_chinchillas_optimum():
-  sweep = sweep_lib.expand(sweep_lib.load_config_file('configs/sweeps/isoflop_125m.py'))
+  sweep = expand_lib.expand(expand_lib.load_config_file('configs/sweeps/isoflop_125m.py'))
   assert len(sweep.runs) == 15 and {r.budget for r in sweep.runs} == {1e18, 3e18, 1e19}
   middle = [r for r in sweep.runs if r.budget == 3e18][2]
   assert 0.9 < middle.params / plan_lib.isoflop_plan(3e18, 'chinchilla')['n_opt'] < 1.1
@@ -524,7 +525,7 @@ def _family_sweep(tmp_path, k=2, budgets=(1e9, 3e9)):
 
 
 def test_cooldown_branches_start_from_their_parents_decay_start(tmp_path):
-  sweep = sweep_lib.expand(sweep_lib.load_config_file(_family_sweep(tmp_path, k=3, budgets=(1e9, 2e9, 4e9))))
+  sweep = expand_lib.expand(expand_lib.load_config_file(_family_sweep(tmp_path, k=3, budgets=(1e9, 2e9, 4e9))))
   own = [r for r in sweep.runs if not r.parent]
   branches = [r for r in sweep.runs if r.parent]
   assert len(own) == 3 and branches  # The 4e9 run branches at 2e9 and 1e9, the 2e9 run at 1e9.
@@ -543,17 +544,17 @@ def test_cooldown_branches_start_from_their_parents_decay_start(tmp_path):
     assert b.overrides['optim.schedule'] == 'wsd'
     assert 'train.checkpoint_steps' not in b.overrides
     assert b.tokens >= b.budget / (6 * b.params) > b.tokens - b.tokens_per_step
-    argv = sweep_lib.train_command(sweep, b, '/w')
+    argv = expand_lib.train_command(sweep, b, '/w')
     assert f'--config.train.init_from=/w/{p.name}:{b.branch_step}' in argv
   assert sweep.after() == {b.name: b.parent for b in branches}
   # Every budget's point of a size appears once: no branch duplicates a run of the sweep.
   assert len({r.name for r in sweep.runs}) == len(sweep.runs)
-  text = sweep_lib.format_table(sweep)
+  text = expand_lib.format_table(sweep)
   assert 'cooldown branches' in text and '@ step' in text
 
 
 def test_no_cooldowns_keeps_cosine_runs_and_bad_counts_are_refused(tmp_path, capsys):
-  sweep = sweep_lib.expand(sweep_lib.load_config_file(_family_sweep(tmp_path, k=0)))
+  sweep = expand_lib.expand(expand_lib.load_config_file(_family_sweep(tmp_path, k=0)))
   assert not any(r.parent for r in sweep.runs)
   assert all('optim.schedule' not in r.overrides for r in sweep.runs)
   cfg = write_sweep(tmp_path, extra='c.cooldowns_per_size = -1', name='bad.py')
@@ -562,10 +563,10 @@ def test_no_cooldowns_keeps_cosine_runs_and_bad_counts_are_refused(tmp_path, cap
 
 
 def test_a_branch_waits_for_its_parent_and_fails_with_it(tmp_path):
-  sweep = sweep_lib.expand(sweep_lib.load_config_file(_family_sweep(tmp_path)))
+  sweep = expand_lib.expand(expand_lib.load_config_file(_family_sweep(tmp_path)))
   (branch,) = [r for r in sweep.runs if r.parent]
   workdir = str(tmp_path / 'w')
-  commands = [(r.name, sweep_lib.train_command(sweep, r, workdir, fake_python(tmp_path)))
+  commands = [(r.name, expand_lib.train_command(sweep, r, workdir, fake_python(tmp_path)))
               for r in reversed(sweep.runs)]  # Branch first in the queue: it must still wait.
   lines = []
   assert sweep_lib.run_all(commands, workdir, parallel=2, log=lines.append,
@@ -575,7 +576,7 @@ def test_a_branch_waits_for_its_parent_and_fails_with_it(tmp_path):
   # A parent that fails takes its branch with it, without starting it.
   (tmp_path / 'calls.txt').unlink()
   workdir = str(tmp_path / 'w2')
-  commands = [(r.name, sweep_lib.train_command(sweep, r, workdir, fake_python(tmp_path, branch.parent)))
+  commands = [(r.name, expand_lib.train_command(sweep, r, workdir, fake_python(tmp_path, branch.parent)))
               for r in sweep.runs]
   lines = []
   res = sweep_lib.run_all(commands, workdir, parallel=2, log=lines.append, after=sweep.after())
@@ -589,7 +590,7 @@ def test_a_branch_waits_for_its_parent_and_fails_with_it(tmp_path):
 def test_micro_sweep_with_a_branch_end_to_end(tmp_path):
   """Two runs and one cooldown branch, trained for real; the fit sees three (N, D) points."""
   cfg = _family_sweep(tmp_path)
-  sweep = sweep_lib.expand(sweep_lib.load_config_file(cfg))
+  sweep = expand_lib.expand(expand_lib.load_config_file(cfg))
   (branch,) = [r for r in sweep.runs if r.parent]
   workdir = tmp_path / 'sweep'
   lines = []
@@ -616,7 +617,7 @@ def test_hparam_rules_set_each_runs_values_and_dry_run_prints_them(tmp_path, cap
   rules = ("c.hparams = ml_collections.ConfigDict({'lr': {'rule': 'power', 'k': 2.0, 'p': -0.5, "
            "'of': 'params'}, 'warmup_tokens': 'porian', 'b2': 0.98, 'batch_tokens': 1024})")
   cfg = write_sweep(tmp_path, budgets=(2e9, 6e9), n_sizes=3, extra=rules)
-  sweep = sweep_lib.expand(sweep_lib.load_config_file(cfg))
+  sweep = expand_lib.expand(expand_lib.load_config_file(cfg))
   for r in sweep.runs:
     assert r.config.optim.lr == pytest.approx(2.0 * r.params ** -0.5)
     assert r.overrides['optim.lr'] == pytest.approx(2.0 * r.params ** -0.5)
@@ -641,7 +642,7 @@ def test_a_bad_hparam_rule_is_refused_naming_it(tmp_path, capsys):
 
 
 def test_moe_sweep_configs_match_active_parameters_across_variants():
-  sweep = sweep_lib.expand(sweep_lib.load_config_file('configs/sweeps/moe_cpu.py'))
+  sweep = expand_lib.expand(expand_lib.load_config_file('configs/sweeps/moe_cpu.py'))
   by_variant = {}
   for r in sweep.runs:
     by_variant.setdefault(r.variant, []).append(r)
@@ -652,11 +653,11 @@ def test_moe_sweep_configs_match_active_parameters_across_variants():
     assert abs(m.params / d.params - 1) < 0.05  # Equal active N (and so equal D and C).
     assert m.config.model.moe_num_experts == 8 and d.config.model.moe_num_experts == 0
     assert m.overrides['model.moe_num_experts'] == 8
-    total = sweep_lib.param_counts(m.config.model).with_head
+    total = param_counts(m.config.model).with_head
     assert total > 1.5 * m.params  # The MoE stores more than a token uses (6 of 8 experts idle).
-  experts = sweep_lib.expand(sweep_lib.load_config_file('configs/sweeps/moe_experts_cpu.py'))
+  experts = expand_lib.expand(expand_lib.load_config_file('configs/sweeps/moe_experts_cpu.py'))
   assert {r.config.model.moe_num_experts for r in experts.runs} == {0, 1, 2, 4, 8, 16}
-  gran = sweep_lib.expand(sweep_lib.load_config_file('configs/sweeps/moe_granularity_cpu.py'))
+  gran = expand_lib.expand(expand_lib.load_config_file('configs/sweeps/moe_granularity_cpu.py'))
   moe = [r for r in gran.runs if r.variant != 'dense']
   assert {(r.config.model.moe_granularity, r.config.model.moe_top_k) for r in moe} == {
       (1, 1), (2, 2), (4, 4), (8, 8)}
@@ -692,3 +693,44 @@ def test_variants_are_fitted_each_on_their_own_and_together(tmp_path):
   a = json.load(open(workdir / 'fit' / 'a' / 'fit.json'))
   assert a['input']['n_points'] == 9
   assert json.load(open(workdir / 'fit' / 'fit.json'))['input']['n_points'] == 18
+
+
+# ---------------------------------------------------------------------------- the target run
+
+
+def test_target_run_is_planned_by_the_fit_trained_last_and_verified(tmp_path):
+  extra = "c.target = ml_collections.ConfigDict({'flops_factor': 4.0})"
+  cfg = write_sweep(tmp_path, budgets=(2e9, 6e9, 2e10), n_sizes=5, extra=extra)
+  workdir = tmp_path / 'w'
+  lines = []
+  fake = fake_python(tmp_path)
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(workdir), '--python', fake,
+                         '--bootstrap', '20'], log=lines.append) == 0, '\n'.join(lines)
+  fit = json.load(open(workdir / 'fit' / 'fit.json'))
+  plan, block = fit['target_run'], fit['ladder']
+  assert plan['flops'] == 8e10 and plan['approach'] == 'approach3'
+  (row,) = block['runs']
+  assert row['name'].startswith('target_8e10_') and block['n_fitted'] == 15
+  assert row['flops'] == pytest.approx(8e10, rel=0.02)
+  assert abs(row['N'] / plan['N'] - 1) < 0.15  # Built at the nearest shape to N_opt.
+  # The fake runs follow one law exactly, so the fit predicts the held-out target closely.
+  assert abs(row['approach3']['error_pct']) < 1.0
+  calls = open(tmp_path / 'calls.txt').read().split()
+  assert calls[-1].endswith(row['name'])  # Trained last, after the fit.
+  assert any(ln.startswith('target: ladder: held out 1 runs') for ln in lines), '\n'.join(lines)
+  # Rerunning skips every run, the target included, and verifies again.
+  lines.clear()
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(workdir), '--python', fake,
+                         '--bootstrap', '20'], log=lines.append) == 0
+  assert len(open(tmp_path / 'calls.txt').read().split()) == len(calls)
+
+
+@pytest.mark.parametrize('extra, message', [
+    ("c.target = ml_collections.ConfigDict({'flops_factor': -1.0})", 'target.flops_factor=-1.0'),
+    ("c.target = ml_collections.ConfigDict({'flops_factor': 4.0})\n  "
+     "c.variants = ml_collections.ConfigDict({'a': {}, 'b': {}})", 'target: not with variants'),
+])
+def test_bad_targets_are_refused(tmp_path, capsys, extra, message):
+  cfg = write_sweep(tmp_path, extra=extra)
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(tmp_path / 'w'), '--dry-run']) == 2
+  assert message in capsys.readouterr().err
