@@ -17,6 +17,9 @@ Optional sweep keys:
   variants            {name: overrides}: the whole IsoFLOP grid once per variant,
                       runs named <variant>_<budget>_<shape> (e.g. dense against MoE
                       at equal active N; configs/sweeps/moe_cpu.py).
+  grid                {key: values}: a tuning grid, the product of the values as variants
+                      (`_grid`: runs named lr0.003-bs32_<budget>_<shape>); the sweep's
+                      fit adds the LR and batch laws (scaling.hparams).
   hparams             {target: rule}: per-run LR, batch, b2, warmup and weight decay
                       (scaling.rules; `_rule_overrides`).
   cooldowns_per_size  K: WSD cooldown branches, K points per size (`_cooldown_branches`).
@@ -89,6 +92,7 @@ class Sweep:
   ray: ml_collections.ConfigDict | None = None  # The optional `ray` block (ray_backend.default_config).
   hparams: list = dataclasses.field(default_factory=list)  # scaling.rules.describe of the `hparams` rules.
   target_flops: float | None = None  # The `target` run's budget C (FLOPs), trained after the fit.
+  grid: bool = False  # A tuning grid (`grid`): the sweep's fit adds the LR and batch laws.
 
   def after(self) -> dict:
     """{cooldown branch: the run it starts from}: the order the backends keep."""
@@ -354,16 +358,40 @@ def _budget_runs(s, base, common: dict, budget: float, runs: list, variant: str 
   return out
 
 
+GRID_NAMES = {'optim.lr': 'lr', 'data.global_batch_size': 'bs', 'optim.b2': 'b2',
+              'optim.weight_decay': 'wd', 'optim.warmup_steps': 'wu'}  # Short names in run names.
+
+
+def _grid(s) -> list:
+  """[(name, {dotted key: value})]: the product of the sweep's `grid` values ([('', {})] without).
+
+  grid = {'optim': {'lr': (1e-3, 3e-3)}, 'data': {'global_batch_size': (16, 32)}} gives
+  4 points named lr0.001-bs16, lr0.001-bs32, ... (a tuning grid per budget and size).
+  """
+  grid = flatten(s.get('grid') or {})
+  points = [('', {})]
+  for key, values in grid.items():
+    if isinstance(values, (str, bytes)) or not hasattr(values, '__len__') or not len(values):
+      raise SweepError(f'grid.{key}={values!r}: give a non-empty tuple of values')
+    short = GRID_NAMES.get(key, key.split('.')[-1].replace('_', ''))
+    points = [(f'{name}-' * bool(name) + f'{short}{v:g}' if isinstance(v, (int, float)) else
+               f'{name}-' * bool(name) + f'{short}{v}', {**o, key: v})
+              for name, o in points for v in values]
+  return points
+
+
 def _variants(s, base, common: dict) -> list:
-  """[(variant name, its base config, its overrides)]: one unnamed variant without `variants`."""
-  variants = s.get('variants')
-  if not variants:
-    return [('', base, common)]
+  """[(variant name, its base config, its overrides)]: `variants` times the `grid` points; one
+  unnamed variant without either."""
+  variants = dict(s.get('variants') or {'': {}})
   out = []
-  for name, overrides in variants.items():
+  for (vname, overrides), (gname, point) in [(v, g) for v in variants.items() for g in _grid(s)]:
+    name = '-'.join(n for n in (vname, gname) if n)
+    if not name:
+      return [('', base, common)]
     if not name.replace('-', '').replace('.', '').isalnum():
       raise SweepError(f'variants: name {name!r} must be letters, digits, "-" or "." (a folder prefix)')
-    extra = flatten(overrides)
+    extra = {**flatten(overrides), **point}
     config = ml_collections.ConfigDict(base.to_dict())
     apply_overrides(config, extra, f'variants.{name}')
     for key in extra:
@@ -413,7 +441,8 @@ def expand(sweep_cfg: ml_collections.ConfigDict) -> Sweep:
   runs += branches
   warns += notes
   return Sweep(base_config=s.base_config, runs=runs, fit=s.fit, warnings=warns, tpu=s.get('tpu'),
-               ray=s.get('ray'), hparams=_describe_rules(s), target_flops=_target_flops(s, budgets))
+               ray=s.get('ray'), hparams=_describe_rules(s), target_flops=_target_flops(s, budgets),
+               grid=bool(s.get('grid')))
 
 
 def _target_flops(s, budgets: list) -> float | None:
@@ -425,8 +454,8 @@ def _target_flops(s, budgets: list) -> float | None:
   if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f <= 0:
     raise SweepError(f'target.flops_factor={f!r}: must be a positive number (the target run\'s '
                      'budget over the largest budget, e.g. 4.0)')
-  if s.get('variants'):
-    raise SweepError('target: not with variants (which variant\'s fit would predict it?); '
+  if s.get('variants') or s.get('grid'):
+    raise SweepError('target: not with variants or a grid (which fit would predict it?); '
                      'give the target to a sweep of one variant')
   return float(f) * max(budgets)
 

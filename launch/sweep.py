@@ -46,6 +46,7 @@ from launch import expand as expand_lib
 from launch.expand import (REPO_ROOT, Run, Sweep, SweepError, expand, flag_value, format_table,
                            load_config_file, train_command)
 from scaling import fit as fit_lib
+from scaling import hparams
 from scaling import ladder
 from scaling import points as points_lib
 from scaling import tables
@@ -160,6 +161,23 @@ def fit_sweep(workdir: str, names: list, out: str, bootstrap: int = 200, plots: 
     from scaling import plot  # Local: matplotlib, only when plotting.
     plot.write_all(points, result, out)
   log(f'fit: wrote {path}' + (f' and plots; TensorBoard: tensorboard --logdir {out}' if plots else ''))
+  return result
+
+
+def fit_hparams(workdir: str, names: list, out: str, bootstrap: int = 200, log=print) -> dict | None:
+  """scaling.hparams on a tuning grid's finished runs: OUT/hparams.json, eta_opt(C) and B_opt(C)."""
+  points = sweep_points(workdir, names, log)
+  if points is None:
+    return None
+  try:
+    result = hparams.fit_hparams(points, n_boot=bootstrap)
+  except ValueError as e:
+    log(f'hparams: failed: {e}. Reproduce with: python -m scaling.hparams --runs {workdir} --out {out}')
+    return None
+  path = tables.write_json(result, out, 'hparams.json')
+  log(hparams.format_table(result))
+  log(f'hparams: wrote {path}; a sweep can use it: hparams = {{\'lr\': {{\'rule\': \'fitted\', '
+      f'\'path\': \'{path}\'}}}}')
   return result
 
 
@@ -344,6 +362,8 @@ def main(argv=None, log=print) -> int:
       fit_sweep(workdir, [r.name for r in sweep.runs if r.variant == variant],
                 os.path.join(out, variant), bootstrap, sweep.fit.plots, log)
     result = fit_sweep(workdir, [r.name for r in sweep.runs], out, bootstrap, sweep.fit.plots, log)
+    if sweep.grid:
+      fit_hparams(workdir, [r.name for r in sweep.runs], os.path.join(out, 'hparams'), bootstrap, log)
     if sweep.target_flops:
       target_ok = (result is not None and not failed
                    and train_target(config, sweep, result, workdir, out, run, log) is not None)

@@ -77,9 +77,13 @@ def fake_python(tmp_path, fail_marker='NONE'):
       N = L * (4 * D * D + 3 * D * F + 2 * D) + D + 64 * D
       T = C / (6 * N)
       loss = 1.5 + 400 / N ** 0.35 + 400 / T ** 0.3
+      summary = dict(params_with_head=N, tokens=T, flops_6nd=6 * N * T)
+      if '--config.optim.lr' in o:  # A tuning grid: the loss is a parabola in ln LR, optimum C^-0.2.
+        lr, bs = float(o['--config.optim.lr']), int(o.get('--config.data.global_batch_size', 16))
+        loss += 0.05 * math.log(lr / (0.36 * C ** -0.2)) ** 2
+        summary['config'] = dict(optim=dict(lr=lr), data=dict(global_batch_size=bs, seq_len=32))
       os.makedirs(workdir, exist_ok=True)
-      json.dump(dict(params_with_head=N, tokens=T, flops_6nd=6 * N * T, eval_loss=loss),
-                open(os.path.join(workdir, 'summary.json'), 'w'))
+      json.dump(dict(summary, eval_loss=loss), open(os.path.join(workdir, 'summary.json'), 'w'))
       '''))
   path.chmod(path.stat().st_mode | stat.S_IEXEC)
   return str(path)
@@ -734,3 +738,27 @@ def test_bad_targets_are_refused(tmp_path, capsys, extra, message):
   cfg = write_sweep(tmp_path, extra=extra)
   assert sweep_lib.main(['--config', cfg, '--workdir', str(tmp_path / 'w'), '--dry-run']) == 2
   assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- tuning grids
+
+
+def test_a_tuning_grid_runs_every_point_and_fits_the_lr_law(tmp_path, capsys):
+  extra = ("c.grid = ml_collections.ConfigDict({'optim': {'lr': (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)}})\n  "
+           "c.n_sizes = 1")
+  cfg = write_sweep(tmp_path, budgets=(2e9, 6e9, 2e10), n_sizes=1, extra=extra)
+  sweep = expand_lib.expand(expand_lib.load_config_file(cfg))
+  assert len(sweep.runs) == 15 and sweep.grid
+  assert {r.variant for r in sweep.runs} == {f'lr{v:g}' for v in (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)}
+  assert all(r.config.optim.lr == float(r.variant[2:]) for r in sweep.runs)
+  workdir = tmp_path / 'w'
+  lines = []
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(workdir), '--python', fake_python(tmp_path),
+                         '--bootstrap', '20'], log=lines.append) == 0, '\n'.join(lines)
+  law = json.load(open(workdir / 'fit' / 'hparams' / 'hparams.json'))['lr']
+  assert law['n_groups'] == 3 and law['p'] == pytest.approx(-0.2, abs=0.02)
+  assert any("'rule': 'fitted'" in ln for ln in lines)
+  cfg = write_sweep(tmp_path, extra="c.grid = ml_collections.ConfigDict({'optim': {'lr': ()}})",
+                    name='bad.py')
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(tmp_path / 'b'), '--dry-run']) == 2
+  assert 'grid.optim.lr=()' in capsys.readouterr().err
