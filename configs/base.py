@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.moe_every = 1  # After the dense prefix, every moe_every-th layer is MoE (1 = all of them).
   m.moe_first_dense = 0  # The first n layers keep the dense MLP.
   m.moe_routing = 'softmax'  # 'softmax' (top-k, renormalised weights) or 'sigmoid' (aux-loss-free bias balancing).
-  m.moe_dispatch = 'dropless'  # 'dropless' (sort + ragged_dot), 'capacity' (drops over capacity) or 'dense' (reference).
+  m.moe_dispatch = 'dropless'  # 'dropless' (sort + ragged_dot), 'blocked' (dropless in blocks: for CPUs), 'capacity' (drops over capacity) or 'dense' (reference).
   m.moe_capacity_factor = 1.25  # Capacity path: each expert takes ceil(factor * T * k / E) assignments per sequence.
   m.moe_load_balance_weight = 0.01  # Weight of the Switch load-balancing loss in the training loss.
   m.moe_router_z_weight = 0.001  # Weight of the router z-loss mean(logsumexp(router logits)^2).

@@ -3,10 +3,15 @@
 Each token picks its top-k routed experts (softmax with renormalised weights,
 or sigmoid scores with a selection-only bias for aux-loss-free balancing); the
 output is the weighted sum of those experts plus optional always-on shared
-experts (DeepSeek style). Three dispatch paths compute the same function where
+experts (DeepSeek style). Four dispatch paths compute the same function where
 no assignment is dropped:
 - 'dropless': sort the token-expert assignments by expert, grouped matmuls
   (`jax.lax.ragged_dot`), unsort.
+- 'blocked': dropless too, for CPUs: the same sort, each expert's rows padded to
+  whole blocks of M rows, one batched matmul over the blocks with each block's
+  expert weights gathered (megablox's layout in plain jnp). On CPU, jax lowers
+  ragged_dot to a dense dot over all E groups (E times the routed FLOPs); blocks
+  cost about (A + E*M)/A times them (padding).
 - 'capacity': each expert takes at most C = min(T, ceil(capacity_factor * T * K / E))
   assignments per sequence, earlier tokens first; the rest are dropped (the
   residual carries those tokens). Dispatch and combine are einsums over a
@@ -16,9 +21,11 @@ no assignment is dropped:
 
 Shape suffixes: B batch, T sequence, D d_model, E routed experts, F expert
 width, K top-k slots, N tokens (B*T), A assignments (N*K), C capacity per expert
-per sequence, S shared-expert width (moe_shared_experts * F).
+per sequence, S shared-expert width (moe_shared_experts * F), J blocks of M rows
+(the blocked path).
 """
 
+import functools
 import math
 
 import jax
@@ -28,7 +35,8 @@ from flax import nnx
 from model.counts import expert_width, moe_layers, num_experts  # The layout: plain, jax-free.
 
 ROUTINGS = ('softmax', 'sigmoid')
-DISPATCHES = ('dropless', 'capacity', 'dense')
+DISPATCHES = ('dropless', 'capacity', 'dense', 'blocked')
+BLOCK_ROWS = 128  # M: rows per block of the blocked path (each block is one expert's).
 
 
 def capacity(seq_len: int, top_k: int, n_experts: int, factor: float) -> int:
@@ -109,16 +117,42 @@ def dense_dispatch(x_ND, idx_NK, w_NK, gate_EDF, up_EDF, down_EFD) -> jax.Array:
   return jnp.einsum('ne,ned->nd', combine_weights(idx_NK, w_NK, gate_EDF.shape[0]), y_NED)
 
 
-def dropless_dispatch(x_ND, idx_NK, w_NK, gate_EDF, up_EDF, down_EFD) -> jax.Array:
-  """Assignments sorted by expert, grouped matmuls with ragged_dot, unsorted, combined. -> y_ND."""
+def ragged_swiglu(xs_AD, sizes_E, gate_EDF, up_EDF, down_EFD) -> jax.Array:
+  """SwiGLU of expert-sorted rows (sizes_E rows per expert) with ragged_dot. -> ys_AD."""
+  h_AF = (jax.nn.silu(jax.lax.ragged_dot(xs_AD, gate_EDF, sizes_E)) *
+          jax.lax.ragged_dot(xs_AD, up_EDF, sizes_E))
+  return jax.lax.ragged_dot(h_AF, down_EFD, sizes_E)
+
+
+def blocked_swiglu(xs_AD, sizes_E, gate_EDF, up_EDF, down_EFD, M: int = BLOCK_ROWS):
+  """The same SwiGLU with each expert's rows padded to whole blocks of M rows. -> ys_AD.
+
+  Block j holds rows of one expert only (zeros after the expert's last row); its
+  expert's weights are gathered per block, so one batched matmul does the work.
+  """
+  A, E = xs_AD.shape[0], sizes_E.shape[0]
+  J = -(-(A + E * (M - 1)) // M)  # Enough blocks for any split of the A rows.
+  padded_E = -(-sizes_E // M) * M
+  expert_A = jnp.repeat(jnp.arange(E), sizes_E, total_repeat_length=A)
+  rank_A = jnp.arange(A) - (jnp.cumsum(sizes_E) - sizes_E)[expert_A]  # Row within its expert.
+  row_A = (jnp.cumsum(padded_E) - padded_E)[expert_A] + rank_A  # Its row in the padded layout.
+  x_JMD = jnp.zeros((J * M, xs_AD.shape[1]), xs_AD.dtype).at[row_A].set(xs_AD).reshape(J, M, -1)
+  expert_J = jnp.minimum(jnp.searchsorted(jnp.cumsum(padded_E), jnp.arange(J) * M, side='right'),
+                         E - 1)  # Trailing all-zero blocks borrow the last expert.
+  h_JMF = (jax.nn.silu(jnp.einsum('jmd,jdf->jmf', x_JMD, gate_EDF[expert_J])) *
+           jnp.einsum('jmd,jdf->jmf', x_JMD, up_EDF[expert_J]))
+  y_JMD = jnp.einsum('jmf,jfd->jmd', h_JMF, down_EFD[expert_J])
+  return y_JMD.reshape(J * M, -1)[row_A]
+
+
+def dropless_dispatch(x_ND, idx_NK, w_NK, gate_EDF, up_EDF, down_EFD,
+                      grouped=ragged_swiglu) -> jax.Array:
+  """Assignments sorted by expert, grouped matmuls (`grouped`), unsorted, combined. -> y_ND."""
   (N, K), E = idx_NK.shape, gate_EDF.shape[0]
   expert_A = idx_NK.reshape(-1)  # Token-major: assignment a is token a // K, slot a % K.
   order_A = jnp.argsort(expert_A, stable=True)
   sizes_E = jnp.bincount(expert_A, length=E).astype(jnp.int32)
-  xs_AD = x_ND[order_A // K]
-  h_AF = (jax.nn.silu(jax.lax.ragged_dot(xs_AD, gate_EDF, sizes_E)) *
-          jax.lax.ragged_dot(xs_AD, up_EDF, sizes_E))
-  ys_AD = jax.lax.ragged_dot(h_AF, down_EFD, sizes_E)
+  ys_AD = grouped(x_ND[order_A // K], sizes_E, gate_EDF, up_EDF, down_EFD)
   inverse_A = jnp.zeros_like(order_A).at[order_A].set(jnp.arange(N * K, dtype=order_A.dtype))
   y_NKD = ys_AD[inverse_A].reshape(N, K, -1)
   return jnp.einsum('nkd,nk->nd', y_NKD, w_NK)
@@ -210,9 +244,10 @@ class MoE(nnx.Module):
       y_BTD, kept_BTE = capacity_dispatch(x_BTD, idx_BTK, w_BTK, *weights, C)
       dropped = (B * T * K - jnp.sum(kept_BTE)).astype(jnp.float32) / (B * T * K)
     else:
-      path = dropless_dispatch if self.dispatch == 'dropless' else dense_dispatch
-      y_BTD = path(x_BTD.reshape(B * T, D), idx_BTK.reshape(B * T, K), w_BTK.reshape(B * T, K),
-                   *weights).reshape(B, T, D)
+      path = {'dropless': dropless_dispatch, 'dense': dense_dispatch,
+              'blocked': functools.partial(dropless_dispatch, grouped=blocked_swiglu)}
+      y_BTD = path[self.dispatch](x_BTD.reshape(B * T, D), idx_BTK.reshape(B * T, K),
+                                  w_BTK.reshape(B * T, K), *weights).reshape(B, T, D)
     if self.shared_gate_DS is not None:
       shared = (self.shared_gate_DS, self.shared_up_DS, self.shared_down_SD)
       y_BTD = y_BTD + _swiglu(x_BTD, *(w[...].astype(dt) for w in shared))

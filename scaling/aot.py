@@ -18,6 +18,8 @@ allocated) and compiled by XLA's TPU compiler. Everything reported is PER CHIP
   * FLOPs: XLA's TPU cost analysis, scan-corrected (`train.cost`: unrolled
     1- and 2-layer compiles, total = outside + L * per layer), next to 6*N*D
     and the analytic counts, each divided by the chip count.
+  * MoE: the same counts against 6*N_active*D (N_active: the parameters a token
+    passes through), and the global count of each dispatch path (`dispatch_flops`).
   * step time: PaLM model FLOPs per chip / (peak bf16 FLOP/s * MFU).
 
 The sweep launcher runs this command per run for `--check-fit` (a process:
@@ -50,6 +52,7 @@ from configs import cli  # noqa: E402
 from configs import hardware  # noqa: E402
 from configs.load import ConfigError  # noqa: E402
 from model import counts, sharding  # noqa: E402
+from model.moe import DISPATCHES  # noqa: E402
 from scaling import flops as flops_lib  # noqa: E402
 from scaling import memory  # noqa: E402
 from train import config_check  # noqa: E402
@@ -270,6 +273,32 @@ def global_flops(config) -> dict:
                                       uncorrected=False)
 
 
+def dispatch_flops(config) -> dict:
+  """An MoE config's global FLOPs PER STEP on each dispatch path, against 6 * N_active * D.
+
+  {path: {flops_xla, flops_xla_model, ratio_6nd_active, model_ratio_6nd_active}} from
+  `global_flops` of the config with model.moe_dispatch set to each path (lowered on one
+  CPU device: nothing compiled); {} for a dense model. The dense reference runs every
+  expert on every token and the capacity path pads each expert to C slots and dispatches
+  with one-hot einsums: both do more work than the active count. This HLO is jax's CPU
+  lowering: there ragged_dot (the dropless path) is a dense dot over all E experts, E
+  times the routed work; on a TPU it is XLA's grouped ragged-dot kernel (the compiled
+  count of the config as-is is `compiled_ratio_6nd_active`).
+  """
+  if not counts.num_experts(config.model):
+    return {}
+  six_nd = 6.0 * counts.param_counts(config.model).active * counts.tokens_per_step(config)
+  out = {}
+  for path in DISPATCHES:
+    variant = copy.deepcopy(config)
+    variant.model.moe_dispatch = path
+    g = global_flops(variant)
+    out[path] = {'flops_xla': g['flops_xla'], 'flops_xla_model': g['flops_xla_model'],
+                 'ratio_6nd_active': g['flops_xla'] / six_nd,
+                 'model_ratio_6nd_active': g['flops_xla_model'] / six_nd}
+  return out
+
+
 def check(config, topology: Topology | str, *, mfu: float = 0.4, measure_flops: bool = True,
           top_k: int = 5) -> dict:
   """Compile `config`'s train step for a TPU slice; bytes and FLOPs PER CHIP and a verdict.
@@ -303,7 +332,8 @@ def check(config, topology: Topology | str, *, mfu: float = 0.4, measure_flops: 
       'n_chips': topo.n_chips, 'hbm_bytes': topo.chip.hbm_bytes, 'mesh': mesh_sizes,
       'config': {'n_layers': m.n_layers, 'd_model': m.d_model, 'seq_len': d.seq_len,
                  'global_batch_size': d.global_batch_size, 'remat': m.remat,
-                 'compute_dtype': m.compute_dtype},
+                 'compute_dtype': m.compute_dtype, 'moe_num_experts': counts.num_experts(m),
+                 'moe_top_k': m.moe_top_k, 'moe_dispatch': m.moe_dispatch},
       'params': counts.param_counts(m).as_dict(''), 'tokens_per_step': counts.tokens_per_step(config),
       'fits': fits, 'verdict': _verdict(topo, fits, mem, oom, largest), 'compiler_message': oom,
       'memory': mem, 'largest_buffers': largest, 'largest_arguments': state_rows[:top_k],
@@ -356,8 +386,10 @@ def _flops(config, topo, mesh, compiled, measure_flops: bool, timings: dict) -> 
   """FLOPs PER CHIP: 6ND, the analytic counts, the compiled program's, the global HLO's."""
   d, m = config.data, config.model
   tokens = counts.tokens_per_step(config)
-  six_nd = 6.0 * counts.param_counts(m).with_head * tokens
+  n = counts.param_counts(m)
+  six_nd, active = 6.0 * n.with_head * tokens, n.active / n.with_head  # active: 1 when dense.
   fl = {'six_nd_per_chip': six_nd / topo.n_chips,
+        'six_n_active_d_per_chip': active * six_nd / topo.n_chips,
         'analytic_per_chip': [dict(name=r['name'], flops=r['flops_per_step'] / topo.n_chips,
                                    ratio_6nd=r['ratio_6nd'])
                               for r in flops_lib.analytic_rows(m, d.seq_len, tokens)]}
@@ -370,7 +402,9 @@ def _flops(config, topo, mesh, compiled, measure_flops: bool, timings: dict) -> 
   fl['global_per_chip'] = g['flops_xla'] / topo.n_chips
   fl['global_ratio_6nd'] = g['flops_xla'] / six_nd
   fl['global_model_ratio_6nd'] = g['flops_xla_model'] / six_nd
+  fl['global_ratio_6nd_active'] = fl['global_ratio_6nd'] / active
   fl['global_method'] = g['method']
+  fl['dispatch_paths'] = dispatch_flops(config)  # {} when dense.
   timings['lower_global_variants'] = time.perf_counter() - t0
   t1 = time.perf_counter()
   try:
@@ -378,6 +412,7 @@ def _flops(config, topo, mesh, compiled, measure_flops: bool, timings: dict) -> 
                                    uncorrected=False)
     fl['compiled_per_chip'] = meas['flops_xla'] / topo.n_chips
     fl['compiled_ratio_6nd'] = meas['flops_xla'] / six_nd
+    fl['compiled_ratio_6nd_active'] = fl['compiled_ratio_6nd'] / active
     fl['compiled_breakdown_per_chip'] = {k: v / topo.n_chips for k, v in meas['breakdown'].items()}
     fl['method'] = meas['method']
   except Exception as e:  # E.g. the 1-layer program itself over HBM: report, do not crash.
@@ -407,7 +442,9 @@ def format_report(r: dict) -> str:
            f"{r['hbm_bytes'] / gib:.0f} GiB HBM each | mesh {mesh}",
            f"L={cfg['n_layers']} d={cfg['d_model']} T={cfg['seq_len']} B={cfg['global_batch_size']} "
            f"remat={cfg['remat']} {cfg['compute_dtype']} | N with head {p['with_head']:,}, "
-           f"total {p['total']:,}",
+           f"total {p['total']:,}" + (f", active {p['active']:,} (MoE: {cfg['moe_num_experts']} "
+                                      f"experts, top-{cfg['moe_top_k']}, {cfg['moe_dispatch']})"
+                                      if cfg['moe_num_experts'] else ''),
            f"{'memory per chip':<60} {'GiB':>9}"]
   rows = [('params + Adam m, v as sharded, unpadded (by hand)', mem['state_unpadded']),
           ('  the same in TPU tiles (by hand, compiled layouts)', mem['state_tiled']),
@@ -444,6 +481,8 @@ def format_report(r: dict) -> str:
     lines.append(f"{'XLA TPU compiled, uncorrected (scan body once)':<60} "
                  f"{fl['compiled_uncorrected_per_chip']:>9.3g} "
                  f"{fl['compiled_uncorrected_per_chip'] / fl['six_nd_per_chip']:>6.3f}")
+  if p['active'] != p['with_head']:
+    lines += _moe_flop_lines(fl)
   for a in fl['analytic_per_chip']:
     lines.append(f"  {a['name']:<58} {a['flops']:>9.3g} {a['ratio_6nd']:>6.3f}")
   st = r['step_time_s']
@@ -455,6 +494,21 @@ def format_report(r: dict) -> str:
   lines.append('compile time: ' + ', '.join(f'{k} {v:.0f} s' for k, v in r['timings_s'].items()))
   lines.append(r['verdict'])
   return '\n'.join(lines)
+
+
+def _moe_flop_lines(fl: dict) -> list[str]:
+  """The MoE rows of the FLOP table: measured counts against 6 * N_active * D, per dispatch path."""
+  lines = [f"{'6 N_active D / chips (MoE: the FLOPs a token needs)':<60} "
+           f"{fl['six_n_active_d_per_chip']:>9.3g} {'/6NaD':>6}"]
+  for key, name in (('global_ratio_6nd_active', 'XLA global HLO (remat included) / 6 N_active D'),
+                    ('compiled_ratio_6nd_active', 'XLA TPU compiled / 6 N_active D')):
+    if key in fl:
+      lines.append(f"  {name:<58} {'':>9} {fl[key]:>6.3f}")
+  for path, d in fl.get('dispatch_paths', {}).items():
+    per_chip = d['model_ratio_6nd_active'] * fl['six_n_active_d_per_chip']
+    lines.append(f"  {'dispatch ' + path + ': XLA global (CPU lowering), remat off':<58} "
+                 f"{per_chip:>9.3g} {d['model_ratio_6nd_active']:>6.3f}")
+  return lines
 
 
 def main(argv):

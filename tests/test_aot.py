@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
-from configs import base, hardware, tiny_cpu
+from configs import base, hardware, mixtral_8x7b, tiny_cpu
+from model import counts
+from model.moe import DISPATCHES
 from scaling import aot
 from train.config_check import ConfigError
 
@@ -152,3 +154,26 @@ def test_global_flops_count_remat_recomputation_without_a_tpu():
   assert g['flops_xla'] > 1.1 * g['flops_xla_model']
   c.model.remat = 'none'
   assert aot.global_flops(c)['flops_xla'] == pytest.approx(g['flops_xla_model'], rel=1e-6)
+
+
+@pytest.mark.tpu_aot
+@needs_libtpu
+def test_a_reduced_mixtral_compiles_with_moe_counts_and_flops_against_6_n_active_d():
+  c = mixtral_8x7b.get_config()  # The real config's layout and parallelism, shrunk.
+  c.model.update(dict(vocab_size=512, d_model=128, n_layers=1, n_heads=4, n_kv_heads=2,
+                      d_ff=256, remat='none'))
+  c.data.update(dict(seq_len=64, global_batch_size=8))
+  c.mesh.update(dict(fsdp=-1, expert=4))
+  r = aot.check(c, 'v5p:2x2x1')
+  p, fl, n = r['params'], r['flops'], counts.param_counts(c.model)
+  assert r['fits'] and r['mesh']['expert'] == 4 and r['config']['moe_num_experts'] == 8
+  assert (p['total'], p['active']) == (n.total, n.active) and p['active'] < p['with_head'] / 2
+  tokens = 8 * 64
+  assert fl['six_n_active_d_per_chip'] == pytest.approx(6 * n.active * tokens / 4)
+  assert fl['compiled_ratio_6nd_active'] > 1 and fl['global_ratio_6nd_active'] > 1
+  paths = fl['dispatch_paths']
+  assert set(paths) == set(DISPATCHES)
+  # Every expert on every token costs more than top-2 of 8 padded to capacity 1.25.
+  assert paths['dense']['model_ratio_6nd_active'] > paths['capacity']['model_ratio_6nd_active'] > 1
+  text = aot.format_report(r)
+  assert f"active {n.active:,}" in text and 'dispatch capacity' in text

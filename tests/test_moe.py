@@ -10,6 +10,7 @@ from flax import nnx
 from configs import base
 from model import counts, moe, sharding
 from model.transformer import MLP, Transformer
+from train import loop
 from train import step as step_lib
 
 
@@ -124,7 +125,7 @@ def test_capacity_drops_exactly_the_assignments_its_rule_says():
   np.testing.assert_allclose(aux['moe_dropped_fraction'], 1 - want.sum() / (B * T * K), rtol=1e-6)
 
 
-def test_the_three_dispatch_paths_agree_when_nothing_is_dropped():
+def test_the_dispatch_paths_agree_when_nothing_is_dropped():
   # C = min(T, ceil(2 * T * 2 / 4)) = T: no expert can overflow.
   layer = _build(moe.MoE, tiny(moe_capacity_factor=2.0, moe_shared_experts=1), 6)
   x, r = _x(seed=7), _x(seed=8)
@@ -141,13 +142,29 @@ def test_the_three_dispatch_paths_agree_when_nothing_is_dropped():
     layer.set_attributes(dispatch=dispatch)  # Same weights, another path.
     results[dispatch] = loss_and_grads(layer, x)
   (ref_loss, ref_aux), ref_grads = results['dense']
-  for dispatch in ('dropless', 'capacity'):
+  for dispatch in ('dropless', 'capacity', 'blocked'):
     (loss, aux), grads = results[dispatch]
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
     assert float(aux['moe_dropped_fraction']) == 0.0
     np.testing.assert_array_equal(aux['moe_expert_load'], ref_aux['moe_expert_load'])
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):  # Weights and input.
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('sizes', [(5, 0, 9, 2), (0, 0, 16, 0), (4, 4, 4, 4)])
+def test_blocked_swiglu_equals_ragged_dot_with_several_blocks_per_expert(sizes):
+  """Blocks of M = 4 rows: experts spanning 3 blocks, empty experts, exact fits."""
+  rng = np.random.default_rng(3)
+  D, F, E = 8, 6, len(sizes)
+  xs = jnp.asarray(rng.normal(size=(sum(sizes), D)), jnp.float32)
+  w = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((E, D, F), (E, D, F), (E, F, D))]
+  sizes_E = jnp.asarray(sizes, jnp.int32)
+  want = moe.ragged_swiglu(xs, sizes_E, *w)
+  np.testing.assert_allclose(moe.blocked_swiglu(xs, sizes_E, *w, M=4), want, rtol=1e-5, atol=1e-5)
+  g_blocked = jax.grad(lambda *a: jnp.sum(moe.blocked_swiglu(*a, M=4) ** 2), argnums=(0, 2, 3, 4))
+  g_ragged = jax.grad(lambda *a: jnp.sum(moe.ragged_swiglu(*a) ** 2), argnums=(0, 2, 3, 4))
+  for a, b in zip(g_blocked(xs, sizes_E, *w), g_ragged(xs, sizes_E, *w)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_interleaved_layers_scan_unroll_and_remat_compute_the_same_function():
@@ -228,10 +245,13 @@ def test_loss_and_gradients_on_an_expert_mesh_equal_one_device(mesh, one_device)
       _, metrics = program.train_step(state, batch)
     np.testing.assert_allclose(metrics['moe_load_balance_loss'], aux1['moe_load_balance_loss'],
                                rtol=1e-5)
-    np.testing.assert_allclose(metrics['moe_load_max'], np.max(aux1['moe_expert_load']))
-    np.testing.assert_allclose(metrics['moe_load_min'], np.min(aux1['moe_expert_load']))
+    load = np.asarray(aux1['moe_expert_load'])
+    np.testing.assert_allclose(metrics['moe_load_max'], np.max(load))
+    np.testing.assert_allclose(metrics['moe_load_min'], np.min(load))
+    np.testing.assert_allclose(metrics['moe_load_min_over_max'], np.min(load) / np.max(load),
+                               rtol=1e-6)
     assert {'moe_router_z_loss', 'moe_dropped_fraction', 'moe_router_entropy'} <= set(metrics)
-    assert 'moe_expert_load' not in metrics  # Only scalars: the loop logs floats.
+    np.testing.assert_allclose(metrics['moe_expert_load'], load, rtol=1e-6)  # The histogram's.
 
 
 @pytest.mark.parametrize('overrides', [
@@ -326,6 +346,37 @@ def test_a_tiny_moe_model_trains_with_falling_loss_and_no_nan():
   assert np.all(np.isfinite(ces)) and all(np.all(np.isfinite(v)) for a in auxes for v in a.values())
   assert ces[0] > 3.8  # About ln(61) at init.
   assert ces[-5:].mean() < ces[0] - 1.0, ces
+
+
+def test_tensorboard_has_the_per_expert_load_histogram_and_the_moe_scalars(tmp_path):
+  """A run on the capacity path (K = 2 steps per call): read back with tensorboard's reader."""
+  ea = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
+  c = base.get_config()
+  c.model.update(tiny(n_layers=1, moe_dispatch='capacity', moe_capacity_factor=0.5))
+  c.data.update(dict(seq_len=16, global_batch_size=8, synthetic_tokens=20_000))
+  c.train.update(dict(steps=4, steps_per_call=2, log_every=2, eval_every=4, eval_batches=1,
+                      checkpoint_every=0, peak_flops=1e11))
+  loop.run(c, str(tmp_path))
+  acc = ea.EventAccumulator(str(tmp_path), size_guidance={'scalars': 0, 'histograms': 0})
+  acc.Reload()
+  hists = acc.Histograms('train/moe_expert_load')
+  assert [h.step for h in hists] == [2, 4]
+  E = c.model.moe_num_experts
+  for h in hists:  # One bucket per expert holding its share of the assignments.
+    v = h.histogram_value
+    assert list(v.bucket_limit) == [i + 0.5 for i in range(E)]
+    assert len(v.bucket) == E and min(v.bucket) >= 0 and sum(v.bucket) == pytest.approx(1.0)
+  ratio = acc.Scalars('train/moe_load_min_over_max')
+  assert [e.step for e in ratio] == [2, 4]
+  for e, h in zip(ratio, hists):
+    b = h.histogram_value.bucket
+    assert e.value == pytest.approx(min(b) / max(b), rel=1e-5) and 0 <= e.value <= 1
+  # Capacity factor 0.5: the experts hold half the assignments at most, the rest are dropped.
+  assert all(e.value >= 0.5 - 1e-6 for e in acc.Scalars('train/moe_dropped_fraction'))
+  for tag in ('moe_router_entropy', 'moe_load_balance_loss', 'moe_router_z_loss'):
+    values = [e.value for e in acc.Scalars(f'train/{tag}')]
+    assert len(values) == 2 and all(np.isfinite(values)), tag
+  assert 0 < acc.Scalars('train/moe_router_entropy')[0].value <= np.log(E) + 1e-6
 
 
 def test_a_dense_config_has_no_moe_aux_and_forward_matches_call():

@@ -352,12 +352,16 @@ def _report_start(r: Run, start: int, xla: dict, peak: float, peak_source: str) 
 
 
 def _fetch(pending) -> list[tuple[int, dict]]:
-  """(step, metrics as floats) of a call's steps: one fetch for all K steps of a multi-step call."""
+  """(step, metrics) of a call's steps: one fetch for all K steps of a multi-step call.
+
+  Scalars become floats; vectors (the MoE per-expert load) stay numpy arrays.
+  """
   steps, metrics = pending
   host = jax.device_get(metrics)
-  if len(steps) == 1 and not any(getattr(v, 'ndim', 0) for v in host.values()):
-    return [(steps[0], {k: float(v) for k, v in host.items()})]
-  return [(s, {k: float(v[i]) for k, v in host.items()}) for i, s in enumerate(steps)]
+  one = lambda v: v if getattr(v, 'ndim', 0) else float(v)
+  if not getattr(host['loss'], 'ndim', 0):  # A one-step call: no leading K axis.
+    return [(steps[0], {k: one(v) for k, v in host.items()})]
+  return [(s, {k: one(v[i]) for k, v in host.items()}) for i, s in enumerate(steps)]
 
 
 def _log_calls(r: Run, pending, timer: Throughput) -> float:
@@ -374,6 +378,8 @@ def _log_train(r: Run, s: int, m: dict, timer: Throughput) -> float:
   Returns the step's train loss (NaN for a skipped step).
   """
   train_loss = m['loss']
+  vectors = {k: v for k, v in m.items() if getattr(v, 'ndim', 0)}  # The MoE per-expert load.
+  m = {k: v for k, v in m.items() if k not in vectors}
   t = r.config.train
   if not (math.isfinite(train_loss) and math.isfinite(m['grad_norm'])):
     what = f'training loss became {train_loss} (grad norm {m["grad_norm"]}) at step {s}'
@@ -395,6 +401,7 @@ def _log_train(r: Run, s: int, m: dict, timer: Throughput) -> float:
     if tps:
       m.update(tokens_per_sec=tps, mfu=tps * r.flops_per_token / r.peak_total)
     r.report.scalars(s, m, 'train')
+    r.report.index_histograms(s, vectors, 'train')  # The MoE per-expert load.
     r.report.compute_axes({'train_loss': train_loss}, m['tokens'], m['flops_6nd'])
     r.report.curve_row({'step': s, 'tokens': m['tokens'], 'flops': m['flops_6nd'],
                         'train_loss': train_loss, 'eval_loss': None})

@@ -12,6 +12,7 @@ import struct
 import time
 
 import jax
+import numpy as np
 from tensorboardX import SummaryWriter
 from tensorboardX import summary as tb_summary
 from tensorboardX.record_writer import masked_crc32c
@@ -110,6 +111,21 @@ class Reporter:
       for k, v in values.items():
         if v is not None:
           self.writer.add_scalar(f'{prefix}/{k}', float(v), step)
+
+  def index_histograms(self, step: int, vectors: dict, prefix: str) -> None:
+    """Each vector v as a TensorBoard histogram over its index: bucket i holds v[i].
+
+    For the per-expert load (fractions of the assignments): one bar per expert, as
+    high as its share; a balanced router is flat at 1/E.
+    """
+    if self.enabled:
+      for k, v in vectors.items():
+        v = np.asarray(v, np.float64)
+        i = np.arange(v.size, dtype=np.float64)
+        self.writer.add_histogram_raw(
+            f'{prefix}/{k}', min=0.0, max=float(v.size - 1), num=float(v.sum()),
+            sum=float(i @ v), sum_squares=float((i * i) @ v), bucket_limits=(i + 0.5).tolist(),
+            bucket_counts=v.tolist(), global_step=step)
 
   def compute_axes(self, values: dict[str, float], tokens: int, flops: float) -> None:
     """The same values against cumulative tokens and model FLOPs (in MFLOPs: integral steps), so

@@ -112,11 +112,13 @@ def build(config, mesh) -> Program:
       new_state = nnx.state((model, opt))
     metrics = {'loss': ce, 'z_loss': z, 'grad_norm': grad_norm, 'lr': lr,
                'skipped': (~finite).astype(jnp.float32)}
-    # Scalars only: the per-expert load (E,) goes in as its min and max.
-    metrics.update({k: v for k, v in moe.items() if k != 'moe_expert_load'})
+    # Scalars, plus the per-expert load (E,) (a TensorBoard histogram) and its min, max and
+    # min/max ratio (1 = balanced, 0 = an idle expert); E numbers per step, fetched one step late.
+    metrics.update(moe)
     if 'moe_expert_load' in moe:
-      metrics.update(moe_load_min=jnp.min(moe['moe_expert_load']),
-                     moe_load_max=jnp.max(moe['moe_expert_load']))
+      load_min, load_max = jnp.min(moe['moe_expert_load']), jnp.max(moe['moe_expert_load'])
+      metrics.update(moe_load_min=load_min, moe_load_max=load_max,
+                     moe_load_min_over_max=load_min / load_max)
     return new_state, metrics
 
   def eval_step(state, batch):
