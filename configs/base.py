@@ -25,6 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
   m.tie_embeddings = False  # Output head reuses the input embedding table.
   m.norm_eps = 1e-6  # Epsilon of every RMSNorm.
   m.init_std = 0.02  # Std of the normal init of embeddings and kernels.
+  m.parameterization = 'sp'  # 'sp' (standard: one LR, every std init_std, attention 1/sqrt(K)) or 'mup' (µP relative to mup_base_width; model/transformer.py).
+  m.mup_base_width = 128  # µP: d_model of the base model; m = d_model / this scales hidden init std (1/sqrt(m)), their Adam LR (1/m) and the logits (1/m).
   m.compute_dtype = 'float32'  # Activation/matmul dtype: 'float32' (CPU) or 'bfloat16' (TPU/GPU). Params stay float32.
   m.remat = 'none'  # Recompute policy per block: 'none', 'full', 'dots' (save matmul outputs), 'dots_no_batch'.
   m.scan_layers = True  # Stack layers with nnx.scan (compile time flat in depth); False unrolls (for FLOP checks).
@@ -42,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.moe_every = 1  # After the dense prefix, every moe_every-th layer is MoE (1 = all of them).
   m.moe_first_dense = 0  # The first n layers keep the dense MLP.
   m.moe_routing = 'softmax'  # 'softmax' (top-k, renormalised weights) or 'sigmoid' (aux-loss-free bias balancing).
-  m.moe_dispatch = 'dropless'  # 'dropless' (sort + ragged_dot), 'blocked' (dropless in blocks: for CPUs), 'capacity' (drops over capacity) or 'dense' (reference).
+  m.moe_dispatch = 'dropless'  # 'dropless' (sort + ragged_dot), 'blocked' (dropless in blocks: for CPUs), 'capacity' (drops over capacity), 'dense' (reference) or 'alltoall' (dropless, shard_map + all-to-all over mesh.expert).
   m.moe_capacity_factor = 1.25  # Capacity path: each expert takes ceil(factor * T * k / E) assignments per sequence.
   m.moe_load_balance_weight = 0.01  # Weight of the Switch load-balancing loss in the training loss.
   m.moe_router_z_weight = 0.001  # Weight of the router z-loss mean(logsumexp(router logits)^2).

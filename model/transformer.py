@@ -14,6 +14,18 @@ blocks a third; each is scanned, so compile time stays flat in depth.
 multi-head latent attention (`MLA`): keys and values come from one low-rank
 latent per token, plus a small RoPE key shared by the heads.
 
+`model.parameterization = 'mup'` is the maximal-update parameterization (Yang
+et al. 2022, Tensor Programs V, Adam; microsoft/mup's MuReadout/MuAdamW recipe)
+relative to a base width, with width multiplier m = d_model / mup_base_width
+(every hidden size is assumed to grow with d_model). Hidden (matrix-like)
+kernels: init std init_std / sqrt(m), i.e. proportional to 1/sqrt(fan_in), and
+Adam LR lr / m (`lr_multiplier`, applied by train/optim.py). Embedding table,
+norm scales and output head: init and LR of the base model; the logits are
+multiplied by 1/m (the readout multiplier; so a tied table is treated right
+too). Attention logits are scaled by 1/head_size instead of 1/sqrt(head_size).
+At m = 1 only the attention scale differs from SP. 'sp' (the default) is the
+standard parameterization: every kernel N(0, init_std), one LR, 1/sqrt(K).
+
 Generation (model/decode.py) calls `decode` on the same modules: S new tokens
 at per-row positions go through every layer with that layer's KV cache (GQA:
 keys and values, (B, T, G, K) each; MLA: the latent (B, T, C) and the RoPE key
@@ -37,6 +49,50 @@ REMAT_POLICIES = {
     'dots': jax.checkpoint_policies.checkpoint_dots,
     'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+
+
+PARAMETERIZATIONS = ('sp', 'mup')
+BASE_LR_PARAMS = ('embed_VD', 'head_DV', 'scale')  # µP: the vector-like parameters keep the base LR.
+
+
+def is_mup(cfg) -> bool:
+  return getattr(cfg, 'parameterization', 'sp') == 'mup'
+
+
+def width_multiplier(cfg) -> float:
+  """µP's width multiplier m = d_model / mup_base_width (dimensionless; 1.0 under SP)."""
+  return cfg.d_model / cfg.mup_base_width if is_mup(cfg) else 1.0
+
+
+def hidden_init_std(cfg) -> float:
+  """Init std of the hidden kernels (attention, MLP): init_std, over sqrt(m) under µP."""
+  return cfg.init_std / width_multiplier(cfg) ** 0.5 if is_mup(cfg) else cfg.init_std
+
+
+def lr_multiplier(cfg, path_names) -> float:
+  """Adam LR multiplier of the parameter with these path keys: 1/m for µP's hidden kernels, else 1."""
+  if not is_mup(cfg) or set(path_names) & set(BASE_LR_PARAMS):
+    return 1.0
+  return 1.0 / width_multiplier(cfg)
+
+
+def parameterization_errors(m) -> list[str]:
+  """Problems with model.parameterization and model.mup_base_width (unused under 'sp')."""
+  kind = getattr(m, 'parameterization', 'sp')
+  if kind not in PARAMETERIZATIONS:
+    return [f'model.parameterization={kind!r}: must be one of '
+            f'{", ".join(map(repr, PARAMETERIZATIONS))}']
+  if kind == 'sp':
+    return []
+  errors = []
+  base = getattr(m, 'mup_base_width', None)
+  if not isinstance(base, int) or isinstance(base, bool) or base <= 0:
+    errors.append(f"model.mup_base_width={base!r}: must be a positive integer with "
+                  "model.parameterization='mup'")
+  if m.moe_num_experts:
+    errors.append(f"model.moe_num_experts={m.moe_num_experts}: not available with "
+                  "model.parameterization='mup' (model/moe.py's init is not width-scaled)")
+  return errors
 
 
 def _param(rngs: nnx.Rngs, init, shape, names, std=None):
@@ -93,7 +149,7 @@ class Attention(nnx.Module):
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     D, H, G = cfg.d_model, cfg.n_heads, cfg.n_kv_heads
     K = D // H
-    std = cfg.init_std
+    std = hidden_init_std(cfg)
     self.wq_DHK = _param(rngs, _normal, (D, H, K), ('embed', 'heads', 'head_dim'), std)
     self.wk_DGK = _param(rngs, _normal, (D, G, K), ('embed', 'kv_heads', 'head_dim'), std)
     self.wv_DGK = _param(rngs, _normal, (D, G, K), ('embed', 'kv_heads', 'head_dim'), std)
@@ -102,6 +158,7 @@ class Attention(nnx.Module):
     self.k_norm = RMSNorm(K, cfg.norm_eps, rngs=rngs) if cfg.qk_norm else None
     self.rope_theta = cfg.rope_theta
     self.impl = cfg.attention_impl
+    self.scale = 1.0 / K if is_mup(cfg) else None  # None: jax's 1/sqrt(K), as SP always had.
 
   @staticmethod
   def cache_shapes(cfg, batch: int, max_len: int) -> dict[str, tuple[int, ...]]:
@@ -129,7 +186,7 @@ class Attention(nnx.Module):
     q_BTHK = constrain(q_BTHK, ('batch', 'seq', 'act_heads', None))
     # GQA: H query heads share G kv heads; the fused kernels handle the grouping.
     o_BTHK = jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, is_causal=True,
-                                          implementation=self.impl)
+                                          scale=self.scale, implementation=self.impl)
     return self._out(o_BTHK)
 
   def decode(self, x_BSD, cache: dict, pos_B):
@@ -144,7 +201,7 @@ class Attention(nnx.Module):
              'v': write_cache(cache['v'], v_BSGK, pos_B)}
     mask_B1ST = visible(positions_BS, cache['k'].shape[1])[:, None]
     o_BSHK = jax.nn.dot_product_attention(q_BSHK, cache['k'], cache['v'], mask=mask_B1ST,
-                                          implementation='xla')
+                                          scale=self.scale, implementation='xla')
     return self._out(o_BSHK), cache
 
 
@@ -156,13 +213,13 @@ class MLA(nnx.Module):
   cached: C + R numbers per layer. Head h's key is [c W_uk[h], k_R] (J = K + R)
   and its value c W_uv[h] (K); its query [q_K, rope(q_R)] comes from x, or
   from a normalised query latent of rank Q = mla_q_rank when Q > 0. The latents
-  are normalised, so there is no qk_norm. Scores are float32, scaled by 1/sqrt(J).
+  are normalised, so there is no qk_norm. Scores are float32, scaled by 1/sqrt(J) (µP: 1/J).
   """
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     D, H = cfg.d_model, cfg.n_heads
     K, C, Q, R = D // H, cfg.mla_kv_rank, cfg.mla_q_rank, cfg.mla_rope_dim
-    std = cfg.init_std
+    std = hidden_init_std(cfg)
     heads = ('heads', 'head_dim')
     self.wq_DHJ = None if Q else _param(rngs, _normal, (D, H, K + R), ('embed', *heads), std)
     self.wdq_DQ = _param(rngs, _normal, (D, Q), ('embed', None), std) if Q else None
@@ -176,7 +233,7 @@ class MLA(nnx.Module):
     self.wo_HKD = _param(rngs, _normal, (H, K, D), ('heads', 'head_dim', 'embed'), std)
     self.rope_theta = cfg.rope_theta
     self.head_dim = K
-    self.scale = (K + R) ** -0.5
+    self.scale = 1.0 / (K + R) if is_mup(cfg) else (K + R) ** -0.5
 
   @staticmethod
   def cache_shapes(cfg, batch: int, max_len: int) -> dict[str, tuple[int, ...]]:
@@ -266,7 +323,7 @@ class MLP(nnx.Module):
   """SwiGLU: down(silu(x W_gate) * (x W_up))."""
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
-    D, F, std = cfg.d_model, cfg.d_ff, cfg.init_std
+    D, F, std = cfg.d_model, cfg.d_ff, hidden_init_std(cfg)
     self.gate_DF = _param(rngs, _normal, (D, F), ('embed', 'mlp'), std)
     self.up_DF = _param(rngs, _normal, (D, F), ('embed', 'mlp'), std)
     self.down_FD = _param(rngs, _normal, (F, D), ('mlp', 'embed'), std)
@@ -373,6 +430,7 @@ class Transformer(nnx.Module):
     self.head_DV = None if cfg.tie_embeddings else _param(
         rngs, _normal, (D, V), ('embed', 'vocab'), std)
     self.compute_dtype = jnp.dtype(cfg.compute_dtype)
+    self.readout_mult = 1.0 / width_multiplier(cfg) if is_mup(cfg) else None  # µP: logits / m.
     self.layout = (n_lead, n_periods, n_tail)  # Layers per stack, in order (model/decode.py).
 
   def embed(self, tokens_BT):
@@ -384,17 +442,24 @@ class Transformer(nnx.Module):
     return constrain(x_BTD, ('batch', 'seq', 'act_embed'))
 
   def logits(self, x_BTD):
-    """The final norm and the output head: x_BTD -> logits_BTV float32."""
+    """The final norm and the output head (times 1/m under µP): x_BTD -> logits_BTV float32."""
     x_BTD = self.final_norm(x_BTD)
     head_DV = self.embed_VD[...].T if self.head_DV is None else self.head_DV[...]
-    logits_BTV = x_BTD @ head_DV.astype(self.compute_dtype)
-    return constrain(logits_BTV.astype(jnp.float32), ('batch', 'seq', 'vocab'))
+    logits_BTV = (x_BTD @ head_DV.astype(self.compute_dtype)).astype(jnp.float32)
+    if self.readout_mult is not None:
+      logits_BTV = logits_BTV * self.readout_mult
+    return constrain(logits_BTV, ('batch', 'seq', 'vocab'))
 
   def forward(self, tokens_BT):
     """-> (logits_BTV, aux): the MoE losses and metrics averaged over MoE layers ({} if dense).
 
     aux values are float32 scalars except 'moe_expert_load', shape (E,); see model.moe.MoE.
     """
+    x_BTD, aux = self.residual(tokens_BT)
+    return self.logits(x_BTD), aux
+
+  def residual(self, tokens_BT):
+    """-> (x_BTD, aux): the residual stream after the last block (before the final norm), and aux."""
     cfg = self.cfg
     x_BTD = self.embed(tokens_BT)
     aux = {}
@@ -405,7 +470,7 @@ class Transformer(nnx.Module):
       aux = jax.tree.map(lambda a_P: jnp.mean(a_P, axis=0), aux_P)
     if self.tail_blocks is not None:
       x_BTD, _ = _scan(_block_fn(cfg), self.tail_blocks, x_BTD, cfg)
-    return self.logits(x_BTD), aux
+    return x_BTD, aux
 
   def __call__(self, tokens_BT):
     return self.forward(tokens_BT)[0]

@@ -15,7 +15,7 @@ from flax import nnx
 from configs.load import ConfigError  # noqa: F401  (re-exported: the error of every config check)
 from model import moe, sharding
 from model.counts import planned_steps
-from model.transformer import Transformer, attention_errors
+from model.transformer import Transformer, attention_errors, parameterization_errors
 from train.optim import DECAY_SHAPES
 from train.sources import VALID_SOURCES
 
@@ -63,7 +63,7 @@ def model_errors(m) -> list[str]:
   _choice(c, 'model', 'remat', REMATS, errors)
   _choice(c, 'model', 'attention_impl', ATTENTION_IMPLS, errors)
   if not errors:
-    errors += moe.moe_errors(m) + attention_errors(m)
+    errors += moe.moe_errors(m) + attention_errors(m) + parameterization_errors(m)
   return errors
 
 

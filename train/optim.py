@@ -1,10 +1,11 @@
-"""Learning-rate schedules (cosine, warmup-stable-decay) and the optax optimizer."""
+"""Learning-rate schedules (cosine, warmup-stable-decay) and the optax optimizer (µP LR multipliers)."""
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from model.counts import decay_start, planned_steps, warmup_steps  # The run's phases (JAX-free).
+from model.transformer import is_mup, lr_multiplier
 
 
 DECAY_SHAPES = ('linear', 'cosine', '1-sqrt')
@@ -50,10 +51,34 @@ def _decay_mask(params):
       lambda path, _: not any(getattr(k, 'key', None) == 'scale' for k in path), params)
 
 
+def lr_multipliers(config, params):
+  """Each parameter's LR multiplier, a tree like `params`: µP's 1/m on hidden kernels, else 1."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: lr_multiplier(config.model, [getattr(k, 'key', None) for k in path]), params)
+
+
+def scale_by_lr_multipliers(config) -> optax.GradientTransformation:
+  """Multiply each parameter's whole AdamW step by its LR multiplier (`lr_multipliers`).
+
+  The step includes the decoupled weight decay, so a µP hidden kernel moves by
+  -(lr / m) * (adam_update + weight_decay * w): its decay uses its scaled LR, as
+  PyTorch AdamW with one param group per LR does (microsoft/mup's MuAdamW
+  instead multiplies weight_decay by m, keeping lr * weight_decay fixed).
+  """
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, k: u * k, updates, lr_multipliers(config, updates)), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def optimizer(config) -> optax.GradientTransformation:
+  """Global-norm clip, then AdamW on `schedule`; under µP each step times its LR multiplier."""
   o = config.optim
   adamw = optax.adamw(schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
                       weight_decay=o.weight_decay, mask=_decay_mask)
+  if is_mup(config.model):
+    adamw = optax.chain(adamw, scale_by_lr_multipliers(config))
   if o.grad_clip > 0:
     return optax.chain(optax.clip_by_global_norm(o.grad_clip), adamw)
   return adamw
