@@ -3,7 +3,7 @@
 Each token picks its top-k routed experts (softmax with renormalised weights,
 or sigmoid scores with a selection-only bias for aux-loss-free balancing); the
 output is the weighted sum of those experts plus optional always-on shared
-experts (DeepSeek style). Four dispatch paths compute the same function where
+experts (DeepSeek style). Five dispatch paths compute the same function where
 no assignment is dropped:
 - 'dropless': sort the token-expert assignments by expert, grouped matmuls
   (`jax.lax.ragged_dot`), unsort.
@@ -18,11 +18,18 @@ no assignment is dropped:
   (B, T, E, C) one-hot mask.
 - 'dense': every expert on every token, weighted by the (mostly zero) router
   weights; a reference for tests and tiny models.
+- 'alltoall': dropless with explicit expert parallelism (`alltoall_dispatch`):
+  under `jax.shard_map`, each device sorts its own tokens' assignments, sends
+  each expert owner its rows with `jax.lax.all_to_all`, runs its E/G local
+  experts, and gets the results back with the reverse all-to-all. Without an
+  `expert` mesh axis (size 1) it is 'dropless' itself.
 
 Shape suffixes: B batch, T sequence, D d_model, E routed experts, F expert
 width, K top-k slots, N tokens (B*T), A assignments (N*K), C capacity per expert
 per sequence, S shared-expert width (moe_shared_experts * F), J blocks of M rows
-(the blocked path).
+(the blocked path); per device on the all-to-all path: G expert-group size
+(mesh.expert), L = E/G local experts, n local tokens, a = n*K local
+assignments, R = G*a rows received.
 """
 
 import functools
@@ -33,9 +40,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from model.counts import expert_width, moe_layers, num_experts  # The layout: plain, jax-free.
+from model.sharding import logical_to_spec
 
 ROUTINGS = ('softmax', 'sigmoid')
-DISPATCHES = ('dropless', 'capacity', 'dense', 'blocked')
+DISPATCHES = ('dropless', 'capacity', 'dense', 'blocked', 'alltoall')
 BLOCK_ROWS = 128  # M: rows per block of the blocked path (each block is one expert's).
 
 
@@ -158,6 +166,78 @@ def dropless_dispatch(x_ND, idx_NK, w_NK, gate_EDF, up_EDF, down_EFD,
   return jnp.einsum('nkd,nk->nd', y_NKD, w_NK)
 
 
+def _send_layout(expert_a, G: int, L: int):
+  """Where each expert-sorted local row goes: -> (owner_a, slot_a, sizes_GL).
+
+  `expert_a` is ascending (global expert ids); device g owns experts g*L..g*L+L-1,
+  so each owner's rows are contiguous: slot_a is the row's place in its owner's
+  block and sizes_GL[g, l] the rows this device sends to local expert l of g.
+  """
+  owner_a = expert_a // L
+  counts_G = jnp.bincount(owner_a, length=G)
+  slot_a = jnp.arange(expert_a.shape[0]) - (jnp.cumsum(counts_G) - counts_G)[owner_a]
+  return owner_a, slot_a, jnp.bincount(expert_a, length=G * L).reshape(G, L).astype(jnp.int32)
+
+
+def _local_experts(recv_GaD, sizes_GL, gate_LDF, up_LDF, down_LFD, grouped):
+  """The L local experts on the rows received from each of G sources. -> (G, a, D), same layout.
+
+  Source g's block holds sizes_GL[g].sum() real rows, sorted by local expert,
+  then zero padding; the R = G*a rows are re-sorted by local expert (padding
+  last, outside every group) for one grouped matmul.
+  """
+  G, a, D = recv_GaD.shape
+  ends_GL = jnp.cumsum(sizes_GL, axis=1)
+  expert_Ga = jax.vmap(lambda e_L: jnp.searchsorted(e_L, jnp.arange(a), side='right'))(ends_GL)
+  order_R = jnp.argsort(expert_Ga.reshape(-1), stable=True)  # Local expert L marks padding.
+  ys_RD = grouped(recv_GaD.reshape(G * a, D)[order_R], jnp.sum(sizes_GL, axis=0),
+                  gate_LDF, up_LDF, down_LFD)
+  inverse_R = jnp.zeros_like(order_R).at[order_R].set(jnp.arange(G * a, dtype=order_R.dtype))
+  return ys_RD[inverse_R].reshape(G, a, D)
+
+
+def _alltoall_shard(x_nD, idx_nK, w_nK, gate_LDF, up_LDF, down_LFD, G: int, grouped):
+  """One device's part of `alltoall_dispatch` (inside shard_map over 'expert'). -> y_nD."""
+  (n, K), L, D = idx_nK.shape, gate_LDF.shape[0], x_nD.shape[1]
+  expert_a = idx_nK.reshape(-1)  # Token-major, as in dropless_dispatch.
+  order_a = jnp.argsort(expert_a, stable=True)
+  owner_a, slot_a, sizes_GL = _send_layout(expert_a[order_a], G, L)
+  send_GaD = jnp.zeros((G, n * K, D), x_nD.dtype).at[owner_a, slot_a].set(x_nD[order_a // K])
+  recv_GaD = jax.lax.all_to_all(send_GaD, 'expert', 0, 0)  # Block g: the rows from device g.
+  recv_sizes_GL = jax.lax.all_to_all(sizes_GL, 'expert', 0, 0)
+  out_GaD = _local_experts(recv_GaD, recv_sizes_GL, gate_LDF, up_LDF, down_LFD, grouped)
+  ys_aD = jax.lax.all_to_all(out_GaD, 'expert', 0, 0)[owner_a, slot_a]  # Back to the sender.
+  inverse_a = jnp.zeros_like(order_a).at[order_a].set(jnp.arange(n * K, dtype=order_a.dtype))
+  return jnp.einsum('nkd,nk->nd', ys_aD[inverse_a].reshape(n, K, D), w_nK)
+
+
+def alltoall_dispatch(x_ND, idx_NK, w_NK, gate_EDF, up_EDF, down_EFD,
+                      grouped=ragged_swiglu) -> jax.Array:
+  """Dropless dispatch with explicit expert parallelism over the `expert` mesh axis. -> y_ND.
+
+  With the current mesh's `expert` axis of size G > 1, under `jax.shard_map`:
+  tokens are split over the 'batch' axes (data, fsdp, expert), each device
+  holds E/G whole experts, with their fsdp ('embed') and tensor ('mlp') shards
+  gathered on entry (the partitioner all-gathers them; their gradients are
+  summed over data and fsdp on the way back). Each device sorts its a = n*K
+  assignments, sends each owner its rows (`jax.lax.all_to_all`), runs its
+  experts with `grouped` on the R = G*a rows it received, and gets the results
+  back by the reverse all-to-all. Nothing is dropped: each (source, owner)
+  buffer holds all a rows, so the send, receive and return buffers are G*a*D
+  each (G times the dropless sorted rows; the expert hidden is G*a*F). With
+  tensor > 1 the tensor group repeats the same work (tokens are not split
+  over it). Without an expert axis (G == 1): `dropless_dispatch`.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  G = 1 if mesh.empty else dict(mesh.shape).get('expert', 1)
+  if G == 1:
+    return dropless_dispatch(x_ND, idx_NK, w_NK, gate_EDF, up_EDF, down_EFD, grouped=grouped)
+  tokens, experts = logical_to_spec(('batch', None)), logical_to_spec(('expert', None, None))
+  shard = functools.partial(_alltoall_shard, G=G, grouped=grouped)
+  return jax.shard_map(shard, mesh=mesh, in_specs=(tokens,) * 3 + (experts,) * 3,
+                       out_specs=tokens)(x_ND, idx_NK, w_NK, gate_EDF, up_EDF, down_EFD)
+
+
 def capacity_dispatch(x_BTD, idx_BTK, w_BTK, gate_EDF, up_EDF, down_EFD, C: int):
   """Capacity-limited dispatch per sequence, earlier tokens first. -> (y_BTD, kept_BTE).
 
@@ -245,7 +325,8 @@ class MoE(nnx.Module):
       dropped = (B * T * K - jnp.sum(kept_BTE)).astype(jnp.float32) / (B * T * K)
     else:
       path = {'dropless': dropless_dispatch, 'dense': dense_dispatch,
-              'blocked': functools.partial(dropless_dispatch, grouped=blocked_swiglu)}
+              'blocked': functools.partial(dropless_dispatch, grouped=blocked_swiglu),
+              'alltoall': alltoall_dispatch}
       y_BTD = path[self.dispatch](x_BTD.reshape(B * T, D), idx_BTK.reshape(B * T, K),
                                   w_BTK.reshape(B * T, K), *weights).reshape(B, T, D)
     if self.shared_gate_DS is not None:

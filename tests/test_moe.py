@@ -142,7 +142,7 @@ def test_the_dispatch_paths_agree_when_nothing_is_dropped():
     layer.set_attributes(dispatch=dispatch)  # Same weights, another path.
     results[dispatch] = loss_and_grads(layer, x)
   (ref_loss, ref_aux), ref_grads = results['dense']
-  for dispatch in ('dropless', 'capacity', 'blocked'):
+  for dispatch in ('dropless', 'capacity', 'blocked', 'alltoall'):  # alltoall: no mesh, dropless.
     (loss, aux), grads = results[dispatch]
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
     assert float(aux['moe_dropped_fraction']) == 0.0
@@ -418,3 +418,43 @@ def test_valid_and_dense_configs_have_no_moe_errors_and_expert_mesh_errors_name_
   errors = moe.expert_mesh_errors(tiny(moe_num_experts=6, moe_top_k=2), {'expert': 4})
   assert len(errors) == 1
   assert 'model.moe_num_experts=6 is not divisible by mesh.expert=4' in errors[0]
+
+
+@pytest.mark.parametrize('mesh', [dict(data=2, expert=4), dict(expert=2, fsdp=2, tensor=2)])
+def test_alltoall_loss_and_gradients_on_an_expert_mesh_equal_one_device_dropless(mesh, one_device):
+  state1, loss1, grads1, aux1 = one_device  # model.moe_dispatch='dropless' on one device.
+  config = _mesh_config(**mesh)
+  config.model.moe_dispatch = 'alltoall'
+  _, _, _, loss, grads, aux = _loss_and_grads(config, jax.devices(), state1)
+  np.testing.assert_allclose(loss, loss1, rtol=1e-5)
+  flat1, flat8 = jax.tree.leaves(grads1), jax.tree.leaves(grads)
+  assert len(flat1) == len(flat8) > 10
+  for g1, g8 in zip(flat1, flat8):
+    np.testing.assert_allclose(g8, g1, rtol=1e-4, atol=1e-7)
+  for k in aux1:
+    np.testing.assert_allclose(aux[k], aux1[k], rtol=1e-5, err_msg=k)
+  assert float(aux['moe_dropped_fraction']) == 0.0
+
+
+def test_alltoall_dispatch_drops_nothing_when_every_token_picks_one_devices_experts():
+  """E=8 over expert=4: all 32 tokens choose experts 0 and 1 (device 0's), the worst case."""
+  rng = np.random.default_rng(5)
+  N, D, F, E = 32, 8, 6, 8
+  x = jnp.asarray(rng.normal(size=(N, D)), jnp.float32)
+  idx = jnp.asarray(np.stack([rng.permutation(2) for _ in range(N)]), jnp.int32)
+  idx = idx.at[:4, 1].set(7)  # A few rows for the last device too.
+  w = jnp.asarray(rng.uniform(0.1, 1.0, size=(N, 2)), jnp.float32)
+  shapes = ((E, D, F), (E, D, F), (E, F, D))
+  weights = [jnp.asarray(rng.normal(0.0, 0.3, size=s), jnp.float32) for s in shapes]
+
+  def loss(path):
+    return lambda x, *ws: jnp.sum(jnp.sin(path(x, idx, w, *ws)))
+
+  want = jax.value_and_grad(loss(moe.dropless_dispatch), argnums=(0, 1, 2, 3))(x, *weights)
+  mesh = sharding.make_mesh(dict(data=2, fsdp=1, tensor=1, expert=4))
+  with sharding.use_mesh(mesh):
+    fn = jax.jit(jax.value_and_grad(loss(moe.alltoall_dispatch), argnums=(0, 1, 2, 3)))
+    assert 'all-to-all' in fn.lower(x, *weights).compile().as_text()
+    got = fn(x, *weights)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
