@@ -47,6 +47,7 @@ from launch.expand import (REPO_ROOT, Run, Sweep, SweepError, expand, flag_value
                            load_config_file, train_command)
 from scaling import fit as fit_lib
 from scaling import hparams
+from scaling import moe_law
 from scaling import ladder
 from scaling import points as points_lib
 from scaling import tables
@@ -157,6 +158,8 @@ def fit_sweep(workdir: str, names: list, out: str, bootstrap: int = 200, plots: 
       return None
   path = tables.write_json(result, out)
   log(tables.format_table(result))
+  if 'moe' in result:
+    log(moe_law.format_moe(result['moe']))
   if plots:
     from scaling import plot  # Local: matplotlib, only when plotting.
     plot.write_all(points, result, out)

@@ -7,8 +7,9 @@ Units (where FLOP accounting goes wrong):
     per token unless named `forward`; `chinchilla_*` return FLOPs per SEQUENCE
     of `seq_len` tokens (as the paper's appendix F does). "Per step" means the
     whole global batch of one optimizer step, summed over all devices.
-  * 6ND is always 6 * N * D with N = `with_head` (model/counts.py: every matmul
-    weight a token passes through) unless a row says otherwise.
+  * 6ND is always 6 * N * D with N = `active` (model/counts.py: every matmul
+    weight a token passes through; `with_head` for a dense model, without the
+    idle routed experts for MoE) unless a row says otherwise.
 
 Measured FLOPs and memory come from `train/cost.py` (XLA's cost and memory
 analysis of the run's own train step, scan-corrected); this module puts them
@@ -107,28 +108,38 @@ def deepseek_6n1(n_layers: int, d_model: int) -> float:
 def analytic_rows(model_cfg, seq_len: int, tokens_per_step: int) -> list[dict]:
   """Every analytic count for a `model` config: name, FLOPs per token and per step, ratio to 6ND.
 
-  N for the 6ND denominator is `with_head`. (MoE configs, a later issue, must
-  pass active parameters here.)
+  N for the 6ND denominator is `active` (= `with_head` for a dense model): for
+  MoE, the parameters a token passes through. The layer-by-layer formulas see
+  an MoE layer as a SwiGLU MLP of the width a token uses, (top_k + shared) x
+  the expert width, averaged over the layers (the router's 2·D·E per token
+  per layer is left out).
   """
   c = counts.param_counts(model_cfg)
-  L, D, H, G, F, V = (model_cfg.n_layers, model_cfg.d_model, model_cfg.n_heads,
-                      model_cfg.n_kv_heads, model_cfg.d_ff, model_cfg.vocab_size)
+  L, D, H, G, V = (model_cfg.n_layers, model_cfg.d_model, model_cfg.n_heads,
+                   model_cfg.n_kv_heads, model_cfg.vocab_size)
+  n_moe = len(counts.moe_layers(model_cfg))
+  F = model_cfg.d_ff
+  if n_moe:
+    routed_width = (model_cfg.moe_top_k + model_cfg.moe_shared_experts) * counts.expert_width(model_cfg)
+    F = ((L - n_moe) * model_cfg.d_ff + n_moe * routed_width) / L
+  idle = c.with_head - c.active  # Routed experts a token does not use (0 when dense).
   K = D // H
   T = seq_len
   chin = chinchilla_train_flops(L, D, H, K, F, V, T, n_kv_heads=G, ffw_matrices=3) / T
   chin_no_emb = chinchilla_train_flops(L, D, H, K, F, V, T, n_kv_heads=G, ffw_matrices=3,
                                        include_embeddings=False) / T
   per_token = [
-      ('6N, N non-embedding (Kaplan)', six_n_flops_per_token(c.non_embedding)),
-      ('6N, N with head (default 6ND)', six_n_flops_per_token(c.with_head)),
-      ('Kaplan 3 x (2N + 2 L T d_attn)', kaplan_train_flops_per_token(c.non_embedding, L, T, H * K)),
+      ('6N, N non-embedding (Kaplan)', six_n_flops_per_token(c.non_embedding - idle)),
+      ('6N, N with head (default 6ND)', six_n_flops_per_token(c.active)),
+      ('Kaplan 3 x (2N + 2 L T d_attn)', kaplan_train_flops_per_token(c.non_embedding - idle, L, T,
+                                                                       H * K)),
       ('Chinchilla app. F (GQA, SwiGLU)', chin),
       ('Chinchilla app. F without embeddings', chin_no_emb),
-      ('PaLM 6N + 12 L H Q T (MFU)', palm_flops_per_token(c.with_head, L, H, K, T)),
-      ('PaLM, causal-halved (MaxText)', palm_flops_per_token(c.with_head, L, H, K, T, causal=True)),
+      ('PaLM 6N + 12 L H Q T (MFU)', palm_flops_per_token(c.active, L, H, K, T)),
+      ('PaLM, causal-halved (MaxText)', palm_flops_per_token(c.active, L, H, K, T, causal=True)),
       ('DeepSeek M = 72 L d^2 + 12 L d T', deepseek_flops_per_token(L, D, T)),
   ]
-  ref = 6.0 * c.with_head
+  ref = 6.0 * c.active
   return [dict(name=n, flops_per_token=f, flops_per_step=f * tokens_per_step, ratio_6nd=f / ref)
           for n, f in per_token]
 
@@ -142,7 +153,7 @@ def report(config, mesh, stage: str = 'compiled', verify: bool = False,
   d = config.data
   tokens_per_step = d.global_batch_size * d.seq_len
   c = counts.param_counts(config.model)
-  six_nd = 6.0 * c.with_head * tokens_per_step
+  six_nd = 6.0 * c.active * tokens_per_step
   rows = analytic_rows(config.model, d.seq_len, tokens_per_step)
   meas = measure_step_flops(config, mesh, stage=stage, verify=verify)
   def mrow(name, flops):
@@ -202,7 +213,8 @@ def format_report(r: dict) -> str:
   cfg, p = r['config'], r['params']
   lines = [f"L={cfg['n_layers']} d={cfg['d_model']} T={cfg['seq_len']} B={cfg['global_batch_size']} "
            f"remat={cfg['remat']} {cfg['compute_dtype']} | N with head {p['with_head']:,} "
-           f"(non-embedding {p['non_embedding']:,}, total {p['total']:,}) | mesh "
+           + (f"(active {p['active']:,}) " if p.get('active', p['with_head']) != p['with_head'] else '')
+           + f"(non-embedding {p['non_embedding']:,}, total {p['total']:,}) | mesh "
            + (' x '.join(f'{k}={v}' for k, v in r['mesh'].items() if v > 1) or '1 device'),
            f"{'FLOPs (training)':<52} {'per token':>11} {'per step':>11} {'/ 6ND':>7}"]
   for section in ('analytic', 'measured'):

@@ -295,8 +295,9 @@ def training_memory_per_device(model_cfg, seq_len: int, global_batch_size: int,
   """Analytic bytes PER DEVICE of one train step: params, grads, Adam state, activations.
 
   Layout (model/sharding.py RULES): every weight matrix has one dimension on
-  `fsdp` and one on `tensor`, so matrices divide by fsdp*tensor; norm scales are
-  replicated. Params, grads and both Adam moments are float32 (4 B each: 16 B
+  `fsdp` and one on `tensor`, so matrices divide by fsdp*tensor; routed MoE
+  experts also have their expert dimension on `expert` (fsdp*tensor*expert);
+  norm scales are replicated. Params, grads and both Adam moments are float32 (4 B each: 16 B
   per parameter, the same total as the mixed-precision rule 2+2+4+4+4, reached
   differently). Activations use `model.compute_dtype` (logits float32) over the
   B*T/(data*fsdp*expert) tokens of one device; see activation_elements_per_token.
@@ -308,7 +309,11 @@ def training_memory_per_device(model_cfg, seq_len: int, global_batch_size: int,
   D, L = model_cfg.d_model, model_cfg.n_layers
   K = D // model_cfg.n_heads
   norm_params = L * (2 * D + (2 * K if model_cfg.qk_norm else 0)) + D
-  per_device_params = (c.total - norm_params) / (fsdp * tp) + norm_params
+  routed = (len(counts.moe_layers(model_cfg)) * 3 * D * counts.expert_width(model_cfg)
+            * counts.num_experts(model_cfg))  # The experts' (E, D, F) kernels.
+  ep = int(mesh_sizes.get('expert', 1))
+  per_device_params = ((c.total - norm_params - routed) / (fsdp * tp) + routed / (fsdp * tp * ep)
+                       + norm_params)
   params = per_device_params * PARAM_BYTES
   tokens = global_batch_size * seq_len / batch_shards
   act = activation_elements_per_token(model_cfg, seq_len, tp)

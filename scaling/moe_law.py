@@ -469,8 +469,13 @@ def law_curves(points, block, e_start=E_START, e_max=E_MAX):
   return out
 
 
+def _num(x, fmt=".4g"):
+  """A bound or multiplier as text; None (fit.json's null) and inf mean no dense size reaches it."""
+  return "inf" if x is None or x == float("inf") else format(x, fmt)
+
+
 def _ci_text(ci):
-  return f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""
+  return f"[{_num(ci[0])}, {_num(ci[1])}]" if ci else ""
 
 
 def format_moe(block):
@@ -499,5 +504,5 @@ def format_moe(block):
   for r in m["runs"]:
     lines.append(f"    {r['run'][:24]:<24} {r['experts']:>4g} {r['top_k']:>5g} "
                  f"{r['N_active']:>10.3g} {r['D']:>10.3g} {r['loss']:>7.4f} "
-                 f"{r['multiplier']:>7.3g}  {_ci_text(r['ci'])}")
+                 f"{_num(r['multiplier'], '.3g'):>7}  {_ci_text(r['ci'])}")
   return "\n".join(lines)

@@ -153,6 +153,18 @@ def test_training_memory_is_16_bytes_per_param_and_fsdp_tensor_divide_matrices()
   assert four['tokens_per_device'] == 128 * 16 / 4  # The batch splits over data * fsdp.
 
 
+def test_routed_experts_also_divide_by_the_expert_axis():
+  from configs import mixtral_8x7b
+  m = mixtral_8x7b.get_config().model
+  one = memory.training_memory_per_device(m, 4096, 64, {'fsdp': 8, 'expert': 1})
+  ep = memory.training_memory_per_device(m, 4096, 64, {'fsdp': 8, 'expert': 8})
+  routed = 32 * 3 * 4096 * 14336 * 8  # The (E, D, F) kernels of 32 MoE layers.
+  assert one['params_per_device'] - ep['params_per_device'] == pytest.approx(routed / 8 * (1 - 1 / 8))
+  # scaling.aot compiled this config for v5p:4x4x4 (fsdp=8, expert=8): 10.12 GiB of params and
+  # Adam moments per chip (README); the arithmetic agrees to 1%.
+  assert ep['state'] / 2**30 == pytest.approx(10.12, rel=0.01)
+
+
 def test_activation_memory_follows_remat_and_dtype():
   # 8 layers: with 2, full remat's one recomputed layer outweighs what it saves.
   act = {r: memory.training_memory_per_device(_tiny_model(remat=r, n_layers=8), 128, 16, {})['activations']

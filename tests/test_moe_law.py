@@ -205,3 +205,15 @@ def test_one_expert_count_changes_nothing(tmp_path):
   assert fit.moe_section(points) is None
   result = fit.fit_all(points, n_boot=0)
   assert "moe" not in result
+
+
+def test_the_table_shows_unreachable_multipliers_and_bounds_as_inf():
+  block = {"n_runs": 2, "n_dense": 1, "experts": [1, 8], "e_start": 1.0, "e_max": 300.0,
+           "skipped": {"joint": "too few runs", "clark": "too few runs"},
+           "multiplier": {"reference": "approach 3", "runs": [
+               {"run": "moe_a", "experts": 8, "top_k": 2, "N_active": 1e4, "D": 1e6, "loss": 2.0,
+                "multiplier": 3.9, "ci": [1.7, None]},
+               {"run": "moe_b", "experts": 8, "top_k": 2, "N_active": 1e4, "D": 1e6, "loss": 1.0,
+                "multiplier": None, "ci": None}]}}
+  text = moe_law.format_moe(block)
+  assert "[1.7, inf]" in text and text.splitlines()[-1].split()[-1] == "inf"
