@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import base, cli
+from configs import base
+from conftest import run_cli
 from model import counts, decode
 from model.transformer import Transformer, attention_errors
 from scaling import memory
-from train import cost, generate, loop
+from train import generate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = os.path.join(REPO, 'tests', 'fixtures', 'text')
 # float32: cached and full logits differ only in summation order; measured <= 1e-5 on logits of
 # magnitude ~6 (weights of std 0.3 make attention sharp, so a wrong mask or position shows).
 ATOL = 5e-5
@@ -200,38 +200,14 @@ def test_attention_errors_name_each_bad_key():
 # ------------------------------------------------------------ python -m train.generate
 
 
-def _run_config(cache_dir: str):
-  c = base.get_config()
-  c.model.update(dict(vocab_size=257, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64))
-  c.data.update(dict(source='files', paths=os.path.join(FIXTURES, '*.txt'), tokenizer='byte',
-                     cache_dir=cache_dir, val_fraction=0.2, seq_len=32, global_batch_size=8))
-  c.train.update(dict(steps=10, eval_every=10, log_every=5, checkpoint_every=10, eval_batches=1,
-                      peak_flops=1e11))
-  return c
-
-
-@pytest.fixture(scope='module')
-def run_dir(tmp_path_factory):
-  """A finished 10-step byte-tokenizer run on the text fixtures (a checkpoint at step 10)."""
-  root = tmp_path_factory.mktemp('gen')
-  workdir = str(root / 'run')
-  with pytest.MonkeyPatch.context() as mp:  # XLA's FLOP count of the step: not needed here.
-    mp.setattr(cost, 'measure_step_flops', _no_flop_count)
-    loop.run(_run_config(str(root / 'cache')), workdir)
-  return workdir
-
-
-def _no_flop_count(*args, **kwargs):
-  raise ValueError('not measured in this test')
+@pytest.fixture
+def run_dir(byte_run):
+  return byte_run  # conftest.py: a finished 30-step run with a checkpoint.
 
 
 def _cli(argv, capsys):
   """(exit status, stdout, stderr) of `python -m train.generate ARGV`, in this process."""
-  capsys.readouterr()
-  with pytest.raises(SystemExit) as e:
-    cli.run_argparse(lambda: generate.main(argv))
-  out = capsys.readouterr()
-  return e.value.code, out.out, out.err
+  return run_cli(generate.main, argv, capsys)
 
 
 def test_generate_prints_a_completion_per_prompt(run_dir, capsys):
@@ -240,7 +216,7 @@ def test_generate_prints_a_completion_per_prompt(run_dir, capsys):
                            '--max-new-tokens', '12', '--temperature', '0.8', '--top-p', '0.9',
                            '--seed', '3'], capsys)
   assert status == 0, err
-  assert 'step 10' in err and 'tokenizer byte' in err
+  assert 'step 30' in err and 'tokenizer byte' in err
   lines = out.splitlines()
   heads = [i for i, line in enumerate(lines) if line.startswith('--- ')]
   assert [lines[i].split(':')[0] for i in heads] == ['--- 1/2', '--- 2/2']
@@ -266,19 +242,19 @@ def test_generate_refuses_bad_input_with_one_line(run_dir, tmp_path, capsys):
   shutil.copytree(run_dir, other)
   with open(other / 'config.json') as f:
     config = json.load(f)
-  config['model']['d_model'] = 64
+  config['model']['d_model'] = 96  # The run has 64.
   with open(other / 'config.json', 'w') as f:
     json.dump(config, f)
   cases = [
       (str(no_ckpt), 'x', 'has no checkpoints/ folder'),
-      (str(other), 'x', 'cannot restore step 10 .* saved with another config'),
+      (str(other), 'x', 'cannot restore step 30 .* saved with another config'),
       (run_dir, '', '--prompt number 1 is empty'),
       (str(tmp_path / 'nowhere'), 'x', 'no such folder'),
   ]
   for workdir, prompt, match in cases:
     err = _error_line(['--workdir', workdir, '--prompt', prompt], capsys)
     assert re.search(match, err), err
-  config['model']['d_model'] = 32
+  config['model']['d_model'] = 64
   config['data']['source'] = 'synthetic'
   with open(other / 'config.json', 'w') as f:
     json.dump(config, f)

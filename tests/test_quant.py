@@ -5,19 +5,15 @@ import os
 import re
 import shutil
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import qwix
 from scipy.stats import norm
 
-from configs import base, cli
+from conftest import run_cli
 from scaling import quant
-from train import cost, loop
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = os.path.join(REPO, 'tests', 'fixtures', 'text')
 
 # NF4, QLoRA (Dettmers et al. 2023, arXiv:2305.14314, Appendix E): the 16 code values.
 NF4_PUBLISHED = [
@@ -117,39 +113,14 @@ def test_bad_methods_name_what_is_wrong():
 # ------------------------------------------------------------ python -m scaling.quant
 
 
-def _run_config(cache_dir: str):
-  c = base.get_config()
-  # Contraction dimensions D = H x K = 64 and F = 128: groups of 32 and 64 divide, 128 does not.
-  c.model.update(dict(vocab_size=257, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128))
-  c.data.update(dict(source='files', paths=os.path.join(FIXTURES, '*.txt'), tokenizer='byte',
-                     cache_dir=cache_dir, val_fraction=0.2, seq_len=32, global_batch_size=8))
-  c.train.update(dict(steps=30, eval_every=30, log_every=10, checkpoint_every=30, eval_batches=2,
-                      peak_flops=1e11))
-  return c
-
-
-def _no_flop_count(*args, **kwargs):
-  raise ValueError('not measured in this test')
-
-
-@pytest.fixture(scope='module')
-def run_dir(tmp_path_factory):
-  """A finished 30-step byte-tokenizer run on the text fixtures (a checkpoint at step 30)."""
-  root = tmp_path_factory.mktemp('quant')
-  workdir = str(root / 'run')
-  with pytest.MonkeyPatch.context() as mp:  # XLA's FLOP count of the step: not needed here.
-    mp.setattr(cost, 'measure_step_flops', _no_flop_count)
-    loop.run(_run_config(str(root / 'cache')), workdir)
-  return workdir
+@pytest.fixture
+def run_dir(byte_run):
+  return byte_run  # conftest.py: a finished 30-step run with a checkpoint.
 
 
 def _cli(argv, capsys):
   """(exit status, stdout, stderr) of `python -m scaling.quant ARGV`, in this process."""
-  capsys.readouterr()
-  with pytest.raises(SystemExit) as e:
-    cli.run_argparse(lambda: quant.main(argv))
-  out = capsys.readouterr()
-  return e.value.code, out.out, out.err
+  return run_cli(quant.main, argv, capsys)
 
 
 def test_a_trained_run_quantizes_and_int8_costs_little(run_dir, capsys):
