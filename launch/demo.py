@@ -2,16 +2,16 @@
 
   python -m launch.demo [--workdir runs/isoflop_cpu] [--parallel 2] [--dry-run]
 
-Runs the sweep configs/sweeps/isoflop_cpu.py (3 FLOP budgets x 5 sizes of
-tiny byte-level transformers on the built-in English corpus, each run's
-cosine schedule matched to its own budget) with `launch.sweep`, which then
-fits approaches 1-3 (`scaling.fit`) into WORKDIR/fit. Rerunning skips the
-finished runs and refits. Prints where fit.json, the plots and the TensorBoard
-logs are. Measured on 2 CPU cores: 272 s with 2 runs at a time (the default:
-one run's Python startup and compilation overlap the other's training) on an
-otherwise idle machine; 448 s (2 at a time) and 523 s (one at a time) while
-other jobs shared the cores. Runs are deterministic: the fit does not depend
-on the parallelism.
+Runs the sweep configs/sweeps/isoflop_cpu.py with `launch.sweep`: 3 FLOP
+budgets x 5 sizes of tiny byte-level transformers on the built-in English
+corpus, each a warmup-stable-decay run to its own budget, plus 14 cooldown
+branches (a larger budget's size cooled down at a smaller budget); then the
+fit (approaches 1-3, `scaling.fit`) into WORKDIR/fit; then the target run at
+4x the largest budget at the fit's N_opt, trained last and compared with its
+predicted loss. Rerunning skips the finished runs and refits. Prints where
+fit.json, the plots and the TensorBoard logs are. Runs are deterministic: the
+fit does not depend on the parallelism (2 runs at a time by default: one
+run's Python startup and compilation overlap the other's training).
 """
 
 import argparse

@@ -41,6 +41,8 @@ def get_config():
   c.shape.update(dict(d_multiple=4, head_dim=8, tolerance=0.15))
   c.evals_per_run = 2
   c.checkpoints_per_run = 1
+  c.cooldowns_per_size = 0  # The demo's branches and target are tested on their own below.
+  del c['target']
   c.fit.bootstrap = 0
   c.fit.plots = False
   {extra}
@@ -95,10 +97,13 @@ def fake_python(tmp_path, fail_marker='NONE'):
 def test_demo_sweep_expands_into_planned_runs():
   cfg = expand_lib.load_config_file(DEMO)
   sweep = expand_lib.expand(cfg)
-  assert len(sweep.runs) == len(cfg.budgets) * cfg.n_sizes
+  own = [r for r in sweep.runs if not r.parent]
+  assert len(own) == len(cfg.budgets) * cfg.n_sizes
   assert sorted({r.budget for r in sweep.runs}) == sorted(cfg.budgets)
+  assert len(sweep.runs) - len(own) == 14  # One branch is too short for min_steps.
+  assert sweep.target_flops == 4 * max(cfg.budgets)
   for budget in cfg.budgets:
-    runs = [r for r in sweep.runs if r.budget == budget]
+    runs = [r for r in own if r.budget == budget]
     plan = plan_lib.isoflop_plan(budget, cfg.law, cfg.n_sizes, cfg.span)
     assert [r.target_params for r in runs] == pytest.approx(plan['sizes'])
     for r in runs:
@@ -649,8 +654,9 @@ def test_moe_sweep_configs_match_active_parameters_across_variants():
   sweep = expand_lib.expand(expand_lib.load_config_file('configs/sweeps/moe_cpu.py'))
   by_variant = {}
   for r in sweep.runs:
-    by_variant.setdefault(r.variant, []).append(r)
     assert r.name.startswith(f'{r.variant}_')
+    if not r.parent:  # The planned runs (their cooldown branches are tested above).
+      by_variant.setdefault(r.variant, []).append(r)
   assert sorted(by_variant) == ['dense', 'moe'] and len({r.budget for r in sweep.runs}) >= 3
   for d, m in zip(by_variant['dense'], by_variant['moe']):  # Same plan target, same budget.
     assert d.budget == m.budget and d.target_params == m.target_params

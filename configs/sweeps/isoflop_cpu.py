@@ -1,4 +1,5 @@
-"""The CPU scaling demo: 3 FLOP budgets x 5 model sizes of tiny byte-level models.
+"""The CPU scaling demo: 3 FLOP budgets x 5 model sizes of tiny byte-level models, WSD cooldown
+branches, and a target run at 4x the largest budget that the fit predicts before it is trained.
 
   python -m launch.sweep --config configs/sweeps/isoflop_cpu.py --workdir runs/isoflop_cpu --dry-run
   python -m launch.demo   # runs it (about 5 minutes on 2 CPU cores), then fits
@@ -9,8 +10,9 @@ built-in English corpus has ~31M byte tokens, more than any run sees (no
 epoch repeats). Sizes are centred on Epoch AI's law (~37 tokens/param) with a
 factor-4 span either side; these tiny models want ~100 tokens/param, which
 still lies inside each budget's sizes (approach 2 needs an interior minimum).
-Measured on 2 CPU cores (15 runs + fit): 272 s with --parallel 2 on an idle machine; 448 s
-(--parallel 2) and 523 s (--parallel 1) while other jobs shared the cores.
+The learning rate is one constant rule, 3e-3 for every size (not tuned per size; a `grid`
+sweep and the `fitted` rule of scaling.rules are how to tune it). Measured on 2 CPU cores
+(29 runs, the fit, the target): 860 s with --parallel 2 while four other jobs shared the cores.
 """
 
 import ml_collections
@@ -43,6 +45,12 @@ def get_config() -> ml_collections.ConfigDict:
   s.max_d_model = 1024  # Largest d_model considered.
   s.max_layers = 48  # Cap on n_layers.
   s.tolerance = 0.10  # Largest relative gap between the built shape's N and the plan's target.
+
+  # WSD cooldown branches (launch/expand.py): every run is warmup-stable-decay, and each run also
+  # branches at the 2 next smaller budgets, so the 3 budgets' curves get 5, 10 and 14 sizes.
+  c.cooldowns_per_size = 3
+  # After the fit: train the compute-optimal run at 4x the largest budget, predicted, then measured.
+  c.target = ml_collections.ConfigDict({'flops_factor': 4.0})
 
   c.evals_per_run = 4  # Evaluations per run (eval_every = steps / this): curves for approach 1.
   c.logs_per_run = 10  # Train-loss logs per run.

@@ -4,7 +4,7 @@
   python -m launch.sweep --config configs/sweeps/moe_cpu.py --workdir runs/moe_cpu --parallel 2
 
 The demo's IsoFLOP grid (configs/sweeps/isoflop_cpu.py: byte-level tiny
-models on the built-in corpus) once dense and once with 8 routed experts,
+models on the built-in corpus, WSD cooldown branches) once dense and once with 8 routed experts,
 top-2, granularity 2 (each expert half the MLP width, so a token's two
 experts cost one dense MLP). The shape rule targets *active* parameters, so
 the two variants' runs of a budget have the same N_active, D and C = 6 N_active D;
@@ -31,5 +31,6 @@ def get_config() -> ml_collections.ConfigDict:
       'dense': {},
       'moe': {'model': MOE},
   })
+  del c['target']  # No target run: which variant's fit would predict it?
   c.fit.bootstrap = 100
   return c
