@@ -200,19 +200,14 @@ def test_attention_errors_name_each_bad_key():
 # ------------------------------------------------------------ python -m train.generate
 
 
-@pytest.fixture
-def run_dir(byte_run):
-  return byte_run  # conftest.py: a finished 30-step run with a checkpoint.
-
-
 def _cli(argv, capsys):
   """(exit status, stdout, stderr) of `python -m train.generate ARGV`, in this process."""
   return run_cli(generate.main, argv, capsys)
 
 
-def test_generate_prints_a_completion_per_prompt(run_dir, capsys):
+def test_generate_prints_a_completion_per_prompt(byte_run, capsys):
   prompts = ['Alice was beginning', 'It is a truth']
-  status, out, err = _cli(['--workdir', run_dir, '--prompt', prompts[0], '--prompt', prompts[1],
+  status, out, err = _cli(['--workdir', byte_run, '--prompt', prompts[0], '--prompt', prompts[1],
                            '--max-new-tokens', '12', '--temperature', '0.8', '--top-p', '0.9',
                            '--seed', '3'], capsys)
   assert status == 0, err
@@ -234,12 +229,12 @@ def _error_line(argv, capsys) -> str:
   return err
 
 
-def test_generate_refuses_bad_input_with_one_line(run_dir, tmp_path, capsys):
+def test_generate_refuses_bad_input_with_one_line(byte_run, tmp_path, capsys):
   no_ckpt = tmp_path / 'no_ckpt'
   no_ckpt.mkdir()
-  shutil.copy(os.path.join(run_dir, 'config.json'), no_ckpt)
+  shutil.copy(os.path.join(byte_run, 'config.json'), no_ckpt)
   other = tmp_path / 'other'
-  shutil.copytree(run_dir, other)
+  shutil.copytree(byte_run, other)
   with open(other / 'config.json') as f:
     config = json.load(f)
   config['model']['d_model'] = 96  # The run has 64.
@@ -248,7 +243,7 @@ def test_generate_refuses_bad_input_with_one_line(run_dir, tmp_path, capsys):
   cases = [
       (str(no_ckpt), 'x', 'has no checkpoints/ folder'),
       (str(other), 'x', 'cannot restore step 30 .* saved with another config'),
-      (run_dir, '', '--prompt number 1 is empty'),
+      (byte_run, '', '--prompt number 1 is empty'),
       (str(tmp_path / 'nowhere'), 'x', 'no such folder'),
   ]
   for workdir, prompt, match in cases:
@@ -259,12 +254,12 @@ def test_generate_refuses_bad_input_with_one_line(run_dir, tmp_path, capsys):
   with open(other / 'config.json', 'w') as f:
     json.dump(config, f)
   assert 'synthetic tokens' in _error_line(['--workdir', str(other), '--prompt', 'x'], capsys)
-  err = _error_line(['--workdir', run_dir, '--prompt', 'x', '--top-p', '0'], capsys)
+  err = _error_line(['--workdir', byte_run, '--prompt', 'x', '--top-p', '0'], capsys)
   assert '--top-p=0.0: must be in (0, 1]' in err
 
 
-def test_generate_command_line_exits_2_without_traceback(run_dir):
-  p = subprocess.run([sys.executable, '-m', 'train.generate', '--workdir', run_dir, '--prompt', ''],
+def test_generate_command_line_exits_2_without_traceback(byte_run):
+  p = subprocess.run([sys.executable, '-m', 'train.generate', '--workdir', byte_run, '--prompt', ''],
                      cwd=REPO, capture_output=True, text=True, timeout=120)
   assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
       'error: --prompt number 1 is empty: give text to continue')

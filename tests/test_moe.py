@@ -222,16 +222,9 @@ def one_device():
   return jax.device_get((state, loss, grads, aux))
 
 
-@pytest.mark.parametrize('mesh', [dict(data=2, expert=4), dict(expert=2, fsdp=2, tensor=2)])
-def test_loss_and_gradients_on_an_expert_mesh_equal_one_device(mesh, one_device):
-  state1, loss1, grads1, aux1 = one_device
-  config = _mesh_config(**mesh)
-  program, jmesh, state, loss, grads, aux = _loss_and_grads(config, jax.devices(), state1)
-  gate = nnx.merge(program.graphdef, state)[0].moe_periods.moe.mlp.gate_EDF[...]
-  spec = tuple(gate.sharding.spec) + (None,) * 4
-  want = ('fsdp' if mesh.get('fsdp') else None, 'tensor' if mesh.get('tensor') else None)
-  assert spec[:4] == (None, 'expert') + want  # (periods, E, D, F): E over the expert axis.
-  assert gate.addressable_shards[0].data.shape[1] == 4 // mesh['expert']
+def _assert_equal_to_one_device(loss, grads, aux, one_device):
+  """Loss, every gradient leaf and every MoE metric equal the one-device run's."""
+  _, loss1, grads1, aux1 = one_device
   np.testing.assert_allclose(loss, loss1, rtol=1e-5)
   flat1, flat8 = jax.tree.leaves(grads1), jax.tree.leaves(grads)
   assert len(flat1) == len(flat8) > 10
@@ -239,6 +232,19 @@ def test_loss_and_gradients_on_an_expert_mesh_equal_one_device(mesh, one_device)
     np.testing.assert_allclose(g8, g1, rtol=1e-4, atol=1e-7)
   for k in aux1:
     np.testing.assert_allclose(aux[k], aux1[k], rtol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize('mesh', [dict(data=2, expert=4), dict(expert=2, fsdp=2, tensor=2)])
+def test_loss_and_gradients_on_an_expert_mesh_equal_one_device(mesh, one_device):
+  state1, aux1 = one_device[0], one_device[3]
+  config = _mesh_config(**mesh)
+  program, jmesh, state, loss, grads, aux = _loss_and_grads(config, jax.devices(), state1)
+  gate = nnx.merge(program.graphdef, state)[0].moe_periods.moe.mlp.gate_EDF[...]
+  spec = tuple(gate.sharding.spec) + (None,) * 4
+  want = ('fsdp' if mesh.get('fsdp') else None, 'tensor' if mesh.get('tensor') else None)
+  assert spec[:4] == (None, 'expert') + want  # (periods, E, D, F): E over the expert axis.
+  assert gate.addressable_shards[0].data.shape[1] == 4 // mesh['expert']
+  _assert_equal_to_one_device(loss, grads, aux, one_device)
   if 'fsdp' in mesh:  # The jitted train step logs the MoE metrics as scalars.
     with sharding.use_mesh(jmesh):
       batch = {k: jax.device_put(v, program.batch_sharding) for k, v in _mesh_batch().items()}
@@ -422,17 +428,11 @@ def test_valid_and_dense_configs_have_no_moe_errors_and_expert_mesh_errors_name_
 
 @pytest.mark.parametrize('mesh', [dict(data=2, expert=4), dict(expert=2, fsdp=2, tensor=2)])
 def test_alltoall_loss_and_gradients_on_an_expert_mesh_equal_one_device_dropless(mesh, one_device):
-  state1, loss1, grads1, aux1 = one_device  # model.moe_dispatch='dropless' on one device.
+  state1 = one_device[0]  # model.moe_dispatch='dropless' on one device.
   config = _mesh_config(**mesh)
   config.model.moe_dispatch = 'alltoall'
   _, _, _, loss, grads, aux = _loss_and_grads(config, jax.devices(), state1)
-  np.testing.assert_allclose(loss, loss1, rtol=1e-5)
-  flat1, flat8 = jax.tree.leaves(grads1), jax.tree.leaves(grads)
-  assert len(flat1) == len(flat8) > 10
-  for g1, g8 in zip(flat1, flat8):
-    np.testing.assert_allclose(g8, g1, rtol=1e-4, atol=1e-7)
-  for k in aux1:
-    np.testing.assert_allclose(aux[k], aux1[k], rtol=1e-5, err_msg=k)
+  _assert_equal_to_one_device(loss, grads, aux, one_device)
   assert float(aux['moe_dropped_fraction']) == 0.0
 
 

@@ -113,23 +113,18 @@ def test_bad_methods_name_what_is_wrong():
 # ------------------------------------------------------------ python -m scaling.quant
 
 
-@pytest.fixture
-def run_dir(byte_run):
-  return byte_run  # conftest.py: a finished 30-step run with a checkpoint.
-
-
 def _cli(argv, capsys):
   """(exit status, stdout, stderr) of `python -m scaling.quant ARGV`, in this process."""
   return run_cli(quant.main, argv, capsys)
 
 
-def test_a_trained_run_quantizes_and_int8_costs_little(run_dir, capsys):
-  status, out, err = _cli(['--workdir', run_dir, '--method', 'int8', '--method', 'int4-g32',
+def test_a_trained_run_quantizes_and_int8_costs_little(byte_run, capsys):
+  status, out, err = _cli(['--workdir', byte_run, '--method', 'int8', '--method', 'int4-g32',
                            '--method', 'nf4-b64'], capsys)
   assert status == 0, err
-  with open(os.path.join(run_dir, 'quant.json')) as f:
+  with open(os.path.join(byte_run, 'quant.json')) as f:
     result = json.load(f)
-  with open(os.path.join(run_dir, 'summary.json')) as f:
+  with open(os.path.join(byte_run, 'summary.json')) as f:
     summary = json.load(f)
   assert result['step'] == 30 and result['D'] == 30 * 8 * 32
   assert result['N'] == summary['params_with_head']
@@ -157,12 +152,12 @@ def _error_line(argv, capsys) -> str:
   return err
 
 
-def test_bad_input_gets_one_line_and_status_2(run_dir, tmp_path, capsys):
-  err = _error_line(['--workdir', run_dir, '--method', 'int4-g128'], capsys)
+def test_bad_input_gets_one_line_and_status_2(byte_run, tmp_path, capsys):
+  err = _error_line(['--workdir', byte_run, '--method', 'int4-g128'], capsys)
   assert re.search(r'--method int4-g128: group size 128 does not divide the contraction dimension '
                    r'of blocks/\w+/\w+ \(\w = 64\)', err), err
   other = tmp_path / 'other'
-  shutil.copytree(run_dir, other)
+  shutil.copytree(byte_run, other)
   with open(other / 'config.json') as f:
     config = json.load(f)
   config['model']['d_ff'] = 192
@@ -170,13 +165,13 @@ def test_bad_input_gets_one_line_and_status_2(run_dir, tmp_path, capsys):
     json.dump(config, f)
   err = _error_line(['--workdir', str(other), '--method', 'int8'], capsys)
   assert re.search('cannot restore step 30 .* saved with another config', err), err
-  assert 'bit width 2' in _error_line(['--workdir', run_dir, '--method', 'int2-g32'], capsys)
+  assert 'bit width 2' in _error_line(['--workdir', byte_run, '--method', 'int2-g32'], capsys)
 
 
-def test_a_sweep_folder_gets_the_table_the_plot_and_skips(run_dir, tmp_path, capsys):
+def test_a_sweep_folder_gets_the_table_the_plot_and_skips(byte_run, tmp_path, capsys):
   sweep = tmp_path / 'sweep'
-  shutil.copytree(run_dir, sweep / 'a')
-  shutil.copytree(run_dir, sweep / 'no_ckpt', ignore=shutil.ignore_patterns('checkpoints'))
+  shutil.copytree(byte_run, sweep / 'a')
+  shutil.copytree(byte_run, sweep / 'no_ckpt', ignore=shutil.ignore_patterns('checkpoints'))
   status, out, err = _cli(['--runs', str(sweep), '--method', 'int8', '--method', 'int4-g128'],
                           capsys)
   assert status == 0, err
