@@ -9,7 +9,7 @@ setup(
     python_requires='>=3.11',
     packages=find_packages(include=['configs', 'configs.*', 'model', 'model.*', 'train', 'train.*',
                                     'scaling', 'scaling.*', 'launch', 'launch.*']),
-    # Ranges tested: Python 3.11 (jax 0.10.2) and Python 3.12 (the newest jax pip picks there).
+    # Ranges tested: Python 3.11 (jax 0.10.2, flax 0.12.8) and Python 3.12 (jax 0.12.0.1, flax 0.12.12).
     install_requires=[
         'jax>=0.10.2,<0.13',
         'flax>=0.12.8,<0.13',
