@@ -228,6 +228,11 @@ def _round_up(x: float, multiple: int) -> int:
   return max(multiple, int(math.ceil(x / multiple)) * multiple)
 
 
+def run_name(prefix: str, budget: float, shape: dict) -> str:
+  """'[<prefix>_]<budget>_<shape>': a run's name and folder ('moe_2e11_L2-d64-h4-f176')."""
+  return f'{prefix}_' * bool(prefix) + f'{budget_label(budget)}_{shape_name(shape)}'
+
+
 def shape_name(shape: dict) -> str:
   """'L2-d64-h4-f192' (layers, d_model, heads, d_ff)."""
   kv = '' if shape['n_kv_heads'] == shape['n_heads'] else f'kv{shape["n_kv_heads"]}'
@@ -344,7 +349,7 @@ def _budget_runs(s, base, common: dict, budget: float, runs: list, variant: str 
       shape = build_shape(target, base.model, s.shape)
     except SweepError as e:
       raise SweepError(f'budget {budget:g}, size {i + 1}/{len(p["sizes"])}: {e}') from None
-    name = f'{variant}_' * bool(variant) + f'{budget_label(budget)}_{shape_name(shape)}'
+    name = run_name(variant, budget, shape)
     if name not in seen and any(r.name == name for r in runs):
       raise SweepError(f'budget {budget:g}: run name {name} repeats another budget\'s '
                        '(budgets equal to 3 significant digits)')
@@ -374,8 +379,8 @@ def _grid(s) -> list:
     if isinstance(values, (str, bytes)) or not hasattr(values, '__len__') or not len(values):
       raise SweepError(f'grid.{key}={values!r}: give a non-empty tuple of values')
     short = GRID_NAMES.get(key, key.split('.')[-1].replace('_', ''))
-    points = [(f'{name}-' * bool(name) + f'{short}{v:g}' if isinstance(v, (int, float)) else
-               f'{name}-' * bool(name) + f'{short}{v}', {**o, key: v})
+    points = [('-'.join(filter(None, (name, f'{short}{v:g}' if isinstance(v, (int, float)) else
+                                      f'{short}{v}'))), {**o, key: v})
               for name, o in points for v in values]
   return points
 
@@ -383,12 +388,12 @@ def _grid(s) -> list:
 def _variants(s, base, common: dict) -> list:
   """[(variant name, its base config, its overrides)]: `variants` times the `grid` points; one
   unnamed variant without either."""
+  if not s.get('variants') and not s.get('grid'):
+    return [('', base, common)]
   variants = dict(s.get('variants') or {'': {}})
   out = []
   for (vname, overrides), (gname, point) in [(v, g) for v in variants.items() for g in _grid(s)]:
     name = '-'.join(n for n in (vname, gname) if n)
-    if not name:
-      return [('', base, common)]
     if not name.replace('-', '').replace('.', '').isalnum():
       raise SweepError(f'variants: name {name!r} must be letters, digits, "-" or "." (a folder prefix)')
     extra = {**flatten(overrides), **point}
@@ -472,7 +477,7 @@ def target_run(sweep_cfg, flops: float, n_params: float) -> Run:
     shape = build_shape(n_params, base.model, s.shape)
   except SweepError as e:
     raise SweepError(f'target run at {flops:.3g} FLOPs: {e}') from None
-  name = f'target_{budget_label(flops)}_{shape_name(shape)}'
+  name = run_name('target', flops, shape)
   return _make_run(s, base, common, flops, n_params, shape, name)
 
 
@@ -508,7 +513,7 @@ def _cooldown_branches(s, runs: list, budgets: list) -> tuple[list, list]:
   for parent in list(runs):
     points = []
     for budget in [b for b in reversed(budgets) if b < parent.budget][:max(k - 1, 0)]:
-      name = f'{parent.variant}_' * bool(parent.variant) + f'{budget_label(budget)}_{shape_name(parent.shape)}'
+      name = run_name(parent.variant, budget, parent.shape)
       if name in names:
         continue
       run = _branch_run(s, parent, budget, name)

@@ -203,9 +203,9 @@ def train_target(sweep_cfg, sweep: Sweep, result: dict, workdir: str, out: str, 
   block, or None (logged) when the fit cannot plan it or the run fails.
   """
   C = sweep.target_flops
-  names = [r.name for r in sweep.runs]
+  fitted = sweep_points(workdir, [r.name for r in sweep.runs], log)  # What `result` was fitted to.
   try:
-    plan = ladder.target_run(result, C, sweep_points(workdir, names, log))
+    plan = ladder.target_run(result, C, fitted)
     target = expand_lib.target_run(sweep_cfg, C, plan['N'])
   except (ValueError, SweepError) as e:
     log(f'target: not trained: {e}')
@@ -216,7 +216,6 @@ def train_target(sweep_cfg, sweep: Sweep, result: dict, workdir: str, out: str, 
   if status.get(target.name) not in ('ok', 'skipped'):
     log(f'target: {target.name} {status.get(target.name)}; see {os.path.join(workdir, target.name)}')
     return None
-  fitted = sweep_points(workdir, names, log)
   held = sweep_points(workdir, [target.name], log)
   result['target_run'] = plan
   result['ladder'] = block = ladder.verify(result, fitted, held, 'target')

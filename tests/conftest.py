@@ -9,7 +9,11 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
-from configs import base, cli  # noqa: E402  (after XLA_FLAGS: jax must see the 8 devices)
+import jax.numpy as jnp  # noqa: E402  (after XLA_FLAGS: jax must see the 8 devices)
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from configs import base, cli  # noqa: E402
 from train import cost, loop  # noqa: E402
 
 TEXT_FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'text')
@@ -55,3 +59,30 @@ def run_cli(main, argv, capsys):
     cli.run_argparse(lambda: main(argv))
   out = capsys.readouterr()
   return e.value.code, out.out, out.err
+
+
+def run_cli_error(main, argv, capsys) -> str:
+  """The one line `main(argv)` prints before exiting with status 2 (no traceback)."""
+  status, _, err = run_cli(main, argv, capsys)
+  assert status == 2, err
+  assert 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
+  assert err.startswith('error: ')
+  return err
+
+
+def numpy_init(cls, cfg, seed=0):
+  """cls(cfg) with N(0, init_std) weights, unit norm scales and a zero router bias, drawn by numpy.
+
+  The model's own init compiles threefry for every parameter shape, which would dominate the
+  CPU time of tests that compare paths sharing weights (where the draw does not matter).
+  tests/test_model.py and the mesh tests use the real init.
+  """
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0))))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, x):
+    if path[-1] in ('scale', 'bias_E'):
+      return jnp.full(x.shape, 1.0 if path[-1] == 'scale' else 0.0, x.dtype)
+    return jnp.asarray(rng.normal(0.0, cfg.init_std, x.shape), x.dtype)
+
+  return nnx.merge(graphdef, nnx.map_state(draw, state))

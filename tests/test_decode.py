@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from configs import base
-from conftest import run_cli
+from conftest import numpy_init, run_cli, run_cli_error
 from model import counts, decode
 from model.transformer import Transformer, attention_errors
 from scaling import memory
@@ -47,16 +47,8 @@ def tiny(**overrides):
 
 
 def _build(cfg, seed=0):
-  """Transformer(cfg), eval mode, N(0, init_std) weights drawn by numpy (as test_moe._build)."""
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
-  rng = np.random.default_rng(seed)
-
-  def draw(path, x):
-    if path[-1] in ('scale', 'bias_E'):
-      return jnp.full(x.shape, 1.0 if path[-1] == 'scale' else 0.0, x.dtype)
-    return jnp.asarray(rng.normal(0.0, cfg.init_std, x.shape), x.dtype)
-
-  model = nnx.merge(graphdef, nnx.map_state(draw, state))
+  """Transformer(cfg) in eval mode with numpy-drawn weights (conftest.numpy_init)."""
+  model = numpy_init(Transformer, cfg, seed)
   model.eval()
   return model
 
@@ -222,11 +214,7 @@ def test_generate_prints_a_completion_per_prompt(byte_run, capsys):
 
 def _error_line(argv, capsys) -> str:
   """The one line that `python -m train.generate ARGV` prints before exiting with status 2."""
-  status, _, err = _cli(argv, capsys)
-  assert status == 2, err
-  assert 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
-  assert err.startswith('error: ')
-  return err
+  return run_cli_error(generate.main, argv, capsys)
 
 
 def test_generate_refuses_bad_input_with_one_line(byte_run, tmp_path, capsys):

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from configs import base
+from conftest import numpy_init
 from model import counts, moe, sharding
 from model.transformer import MLP, Transformer
 from train import loop
@@ -20,24 +21,6 @@ def tiny(**overrides):
                 moe_num_experts=4, moe_top_k=2, moe_granularity=2))
   m.update(overrides)
   return m
-
-
-def _build(cls, cfg, seed=0):
-  """cls(cfg) with N(0, init_std) weights, unit norm scales and a zero router bias, drawn by numpy.
-
-  The model's own init compiles threefry for every parameter shape, which would dominate this
-  file's CPU time; these tests compare paths that share weights, so the draw does not matter.
-  (The mesh test and tests/test_model.py use the real init.)
-  """
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0))))
-  rng = np.random.default_rng(seed)
-
-  def draw(path, x):
-    if path[-1] in ('scale', 'bias_E'):
-      return jnp.full(x.shape, 1.0 if path[-1] == 'scale' else 0.0, x.dtype)
-    return jnp.asarray(rng.normal(0.0, cfg.init_std, x.shape), x.dtype)
-
-  return nnx.merge(graphdef, nnx.map_state(draw, state))
 
 
 def _x(B=2, T=8, D=32, seed=0):
@@ -72,7 +55,7 @@ def _naive(layer, x_BTD, idx_BTK, w_BTK, kept_BTE=None):
 def test_one_expert_top1_equals_the_dense_mlp_with_the_same_weights(dispatch):
   m = tiny(moe_num_experts=1, moe_top_k=1, moe_granularity=1, moe_dispatch=dispatch,
            moe_capacity_factor=1.0)  # One expert, C = T: nothing can be dropped.
-  layer, mlp = _build(moe.MoE, m, 0), _build(MLP, m, 1)
+  layer, mlp = numpy_init(moe.MoE, m, 0), numpy_init(MLP, m, 1)
   mlp.gate_DF[...], mlp.up_DF[...] = layer.gate_EDF[0], layer.up_EDF[0]
   mlp.down_FD[...] = layer.down_EFD[0]
   x = _x()
@@ -85,7 +68,7 @@ def test_one_expert_top1_equals_the_dense_mlp_with_the_same_weights(dispatch):
 @pytest.mark.parametrize('routing', moe.ROUTINGS)
 def test_dropless_equals_a_naive_per_token_loop_over_experts(routing):
   m = tiny(moe_shared_experts=1, moe_routing=routing, moe_num_experts=5, moe_top_k=3)
-  layer = _build(moe.MoE, m, 2)
+  layer = numpy_init(moe.MoE, m, 2)
   if routing == 'sigmoid':
     layer.bias_E[...] = jnp.linspace(-0.2, 0.2, 5)  # Changes the selection, not the weights.
   layer.eval()  # Keep the bias fixed.
@@ -102,7 +85,7 @@ def test_dropless_equals_a_naive_per_token_loop_over_experts(routing):
 
 def test_capacity_drops_exactly_the_assignments_its_rule_says():
   m = tiny(moe_num_experts=3, moe_top_k=2, moe_dispatch='capacity', moe_capacity_factor=0.5)
-  layer = _build(moe.MoE, m, 4)
+  layer = numpy_init(moe.MoE, m, 4)
   B, T, K, E = 3, 10, 2, 3
   C = moe.capacity(T, K, E, 0.5)
   assert C == 4  # ceil(0.5 * 10 * 2 / 3)
@@ -127,7 +110,7 @@ def test_capacity_drops_exactly_the_assignments_its_rule_says():
 
 def test_the_dispatch_paths_agree_when_nothing_is_dropped():
   # C = min(T, ceil(2 * T * 2 / 4)) = T: no expert can overflow.
-  layer = _build(moe.MoE, tiny(moe_capacity_factor=2.0, moe_shared_experts=1), 6)
+  layer = numpy_init(moe.MoE, tiny(moe_capacity_factor=2.0, moe_shared_experts=1), 6)
   x, r = _x(seed=7), _x(seed=8)
 
   @nnx.jit
@@ -174,7 +157,7 @@ def test_interleaved_layers_scan_unroll_and_remat_compute_the_same_function():
   toks = jax.random.randint(jax.random.key(7), (2, 10), 0, 61)
   outs = []
   for extra in ({}, {'scan_layers': False, 'remat': 'full'}):
-    model = _build(Transformer, tiny(**kw, **extra))
+    model = numpy_init(Transformer, tiny(**kw, **extra))
     assert model.blocks.mlp.gate_DF.shape == (1, 32, 64)
     assert model.moe_periods.dense.mlp.gate_DF.shape == (1, 1, 32, 64)
     assert model.moe_periods.moe.mlp.gate_EDF.shape == (1, 4, 32, 32)
@@ -296,7 +279,7 @@ def test_total_and_active_counts_match_the_closed_form_and_the_built_model(overr
 
 @pytest.mark.parametrize('routing', moe.ROUTINGS)
 def test_load_balance_loss_is_one_its_minimum_for_a_uniform_router(routing):
-  layer = _build(moe.MoE, tiny(moe_routing=routing), 9)
+  layer = numpy_init(moe.MoE, tiny(moe_routing=routing), 9)
   layer.router_DE[...] = jnp.zeros_like(layer.router_DE[...])
   _, aux = layer(_x(seed=10))
   np.testing.assert_allclose(aux['moe_load_balance_loss'], 1.0, rtol=1e-6)
@@ -311,7 +294,7 @@ def test_load_balance_loss_is_one_its_minimum_for_a_uniform_router(routing):
 
 def test_sigmoid_bias_moves_by_the_sign_of_the_load_error_only_in_training_mode():
   m = tiny(moe_routing='sigmoid', moe_bias_update_rate=0.01)
-  layer = _build(moe.MoE, m, 11)
+  layer = numpy_init(moe.MoE, m, 11)
   assert not isinstance(layer.bias_E, nnx.Param)
   x = _x(seed=12)
   _, aux = layer(x)
@@ -336,7 +319,7 @@ def _markov_batches(V, B, T, seed):
 
 def test_a_tiny_moe_model_trains_with_falling_loss_and_no_nan():
   m = tiny(moe_shared_experts=1)
-  model = _build(Transformer, m)
+  model = numpy_init(Transformer, m)
   opt = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
 
   @nnx.jit
@@ -386,7 +369,7 @@ def test_tensorboard_has_the_per_expert_load_histogram_and_the_moe_scalars(tmp_p
 
 
 def test_a_dense_config_has_no_moe_aux_and_forward_matches_call():
-  model = _build(Transformer, tiny(moe_num_experts=0))
+  model = numpy_init(Transformer, tiny(moe_num_experts=0))
   assert model.moe_periods is None and model.blocks.mlp.gate_DF.shape == (2, 32, 64)
   toks = jnp.zeros((1, 5), jnp.int32)
   logits, aux = model.forward(toks)

@@ -11,7 +11,7 @@ import pytest
 import qwix
 from scipy.stats import norm
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_error
 from scaling import quant
 
 
@@ -145,11 +145,8 @@ def test_a_trained_run_quantizes_and_int8_costs_little(byte_run, capsys):
 
 
 def _error_line(argv, capsys) -> str:
-  status, _, err = _cli(argv, capsys)
-  assert status == 2, err
-  assert 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
-  assert err.startswith('error: ')
-  return err
+  """The one line that `python -m scaling.quant ARGV` prints before exiting with status 2."""
+  return run_cli_error(quant.main, argv, capsys)
 
 
 def test_bad_input_gets_one_line_and_status_2(byte_run, tmp_path, capsys):
