@@ -37,8 +37,8 @@ def config(shape):
   return c
 
 
-def time_k(c, k: int, calls: int) -> float:
-  """Median seconds per optimizer step of K-step calls (K = 1: the plain train step)."""
+def prepare_k(c, k: int):
+  """(compiled K-step call, its state, a batch): K = 1 is the plain train step."""
   mesh = sharding.make_mesh(c.mesh)
   program = step_lib.build(c, mesh)
   stacked = k if k > 1 else 0  # abstract_batch(c, 0) is the (B, T) batch of one step.
@@ -47,10 +47,16 @@ def time_k(c, k: int, calls: int) -> float:
     state = step_lib.init_state(c, program)
     step_fn = program.multi_step if stacked else program.train_step
     fn = step_fn.lower(program.abstract_state, spec).compile()
-    tok = np.random.default_rng(0).integers(0, c.model.vocab_size, spec['inputs'].shape,
-                                            dtype=np.int32)
-    batch = {n: jax.device_put(tok, s.sharding) for n, s in spec.items()}
-    seconds, _ = median_call_seconds(fn, state, batch, calls)
+  tok = np.random.default_rng(0).integers(0, c.model.vocab_size, spec['inputs'].shape,
+                                          dtype=np.int32)
+  batch = {n: jax.device_put(tok, s.sharding) for n, s in spec.items()}
+  return fn, state, batch
+
+
+def time_k(c, k: int, calls: int) -> float:
+  """Median seconds per optimizer step of K-step calls (K = 1: the plain train step)."""
+  fn, state, batch = prepare_k(c, k)
+  seconds, _ = median_call_seconds(fn, state, batch, calls)
   return seconds / k
 
 

@@ -11,6 +11,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # Seeds parameter init and the data order.
+  c.init_seed = -1  # Seeds the parameter init alone; -1 = seed (train.replicas vary it over one data order).
 
   # ---- Model (decoder-only transformer; see model/transformer.py).
   m = c.model = ml_collections.ConfigDict()
@@ -97,6 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
   t.poison_step = 0  # Test hook: make the gradients of this step NaN (0 = off).
   t.checkpoint_steps = ''  # Extra steps to checkpoint and keep, comma-separated (cooldown branch points).
   t.init_from = ''  # 'PARENT_WORKDIR:STEP': start from that run's checkpoint (a WSD cooldown branch).
+  t.replicas = ''  # Vmapped copies in one program, e.g. 'optim.lr=1e-3,3e-3,1e-2' or 'init_seed=0,1;optim.lr=...' (train/replicas.py).
 
   # ---- Device mesh: product must equal the device count; -1 = "the rest".
   s = c.mesh = ml_collections.ConfigDict()

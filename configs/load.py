@@ -8,6 +8,8 @@ import importlib.util
 import os
 import sys
 
+from configs import base
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -42,3 +44,18 @@ def load_config_file(path: str, what: str = '--config'):
   if not hasattr(module, 'get_config'):
     raise ConfigError(f'{what} {path!r} has no get_config()')
   return module.get_config()
+
+
+def with_defaults(saved: dict) -> dict:
+  """A run's saved config.json with the fields added to configs/base.py since then at their defaults.
+
+  A run written before a field existed behaved as its default, so it compares
+  (on resume) and loads (generation, export) as if the field had been there.
+  """
+  out = dict(saved)
+  for key, default in base.get_config().to_dict().items():
+    if isinstance(default, dict):
+      out[key] = {**default, **(saved.get(key) or {})}
+    else:
+      out.setdefault(key, default)
+  return out

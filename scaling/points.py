@@ -291,7 +291,8 @@ def load_runs(root, n_count="with_head", warn=print):
   Points.Ns; the runs' peak LR and batch tokens into Points.hparams, and
   their expert counts into Points.moe, when all runs have them. Runs
   without summary.json or with a non-finite loss are listed in
-  Points.excluded (and passed to warn), never used silently.
+  Points.excluded (and passed to warn), never used silently. A replica
+  group (train.replicas: DIR/replicas.json) is read as its replicas' runs.
   """
   if n_count not in N_COUNTS:
     raise ValueError(f"n_count must be one of {N_COUNTS}, got {n_count!r}")
@@ -299,13 +300,15 @@ def load_runs(root, n_count="with_head", warn=print):
     raise ValueError(f"{root}: no such sweep folder")
   names, Ns, Ds, Cs, Ls, curves, sources, excluded = [], [], [], [], [], [], set(), []
   counts, hps, moes = {c: [] for c in N_COUNTS}, [], []
+  group = os.path.isfile(os.path.join(root, "replicas.json"))
   for name in sorted(os.listdir(root)):
     run = os.path.join(root, name)
     if not os.path.isdir(run):
       continue
     spath = os.path.join(run, "summary.json")
     if not os.path.isfile(spath):
-      excluded.append([name, "no summary.json (unfinished run?)"])
+      if not (name == "checkpoints" and group):  # A replica group's stacked checkpoint: no run.
+        excluded.append([name, "no summary.json (unfinished run?)"])
       continue
     try:
       with open(spath) as f:

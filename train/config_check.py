@@ -16,6 +16,7 @@ from configs.load import ConfigError  # noqa: F401  (re-exported: the error of e
 from model import moe, sharding
 from model.counts import planned_steps
 from model.transformer import Transformer, attention_errors, parameterization_errors
+from train import replicas
 from train.optim import DECAY_SHAPES
 from train.sources import VALID_SOURCES
 
@@ -129,6 +130,7 @@ def length_errors(c, earlier_errors: list[str]) -> list[str]:
   _positive_ints(c, 'train', ('eval_every', 'eval_batches', 'log_every', 'keep_checkpoints'), errors)
   _choice(c, 'train', 'nonfinite', NONFINITE_POLICIES, errors)
   errors += branch_errors(t)
+  errors += replicas.errors(c)
   for k in ('checkpoint_every', 'peak_flops', 'max_skips', 'poison_step', 'steps_per_call'):
     if t[k] < 0:
       errors.append(f'train.{k}={t[k]}: must be >= 0')

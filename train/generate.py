@@ -31,8 +31,8 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
-from configs import base, cli
-from configs.load import ConfigError
+from configs import cli
+from configs.load import ConfigError, with_defaults
 from model import decode, sharding
 from model.counts import param_counts
 from train import checkpoint as ckpt_lib
@@ -63,17 +63,9 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     raise ConfigError(f'--workdir {workdir!r} has no config.json: not a training run folder')
   try:
     with open(path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
+      config = ml_collections.ConfigDict(with_defaults(json.load(f)))
   except (OSError, ValueError) as e:
     raise ConfigError(f'{path} is unreadable: {e}') from None
-  for section, defaults in base.get_config().items():
-    if not isinstance(defaults, ml_collections.ConfigDict):
-      continue
-    if section not in config:
-      config[section] = defaults
-    for key, value in defaults.items():
-      if key not in config[section]:
-        config[section][key] = value
   config.mesh = ml_collections.ConfigDict({a: 1 for a in sharding.MESH_AXES})  # One device.
   config_check.raise_if(config_check.model_errors(config.model))
   return config

@@ -20,9 +20,11 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 from jax.experimental import multihost_utils
 
 from configs import cli
+from configs.load import with_defaults
 
 from model import sharding
 from model.counts import model_flops_per_token, param_counts, planned_steps, tokens_per_step
@@ -32,12 +34,13 @@ from train import cost
 from train import data as data_lib
 from train import hardware
 from train import optim
+from train import replicas as replicas_lib
 from train import step as step_lib
 from train.metrics import Reporter, write_json_atomic
 from train.tokens import bits_per_byte
 
 # Parts of the config that must match to resume a workdir (mesh and logging may change).
-RESUME_KEYS = ('seed', 'model', 'data', 'optim', 'train.steps', 'train.tokens', 'train.flops')
+RESUME_KEYS = ('seed', 'init_seed', 'model', 'data', 'optim', 'train.steps', 'train.tokens', 'train.flops')
 CALL_SECONDS = 0.05  # train.steps_per_call=0 picks K for at least this much work per call.
 MAX_STEPS_PER_CALL = 64
 # Within those, keys that may differ (where the cache lives, how many loader workers).
@@ -58,7 +61,7 @@ def _check_same_run(workdir: str, config) -> None:
   new = json.loads(config.to_json())
   if os.path.exists(path):
     with open(path) as f:
-      old = json.load(f)
+      old = with_defaults(json.load(f))
     diff = [k for k in RESUME_KEYS if _get(old, k) != _get(new, k)]
     if diff:
       raise config_check.ConfigError(
@@ -68,9 +71,13 @@ def _check_same_run(workdir: str, config) -> None:
     write_json_atomic(path, new)
 
 
-def evaluate(program, state, batches, mesh) -> float:
-  """Mean validation loss in nats per token over the fixed validation batches."""
-  total = sum(float(program.eval_step(state, data_lib.to_global(b, mesh))) for b in batches)
+def evaluate(program, state, batches, mesh) -> np.ndarray:
+  """Mean validation loss in nats per token over the fixed validation batches.
+
+  A 0-d array, or one loss per replica (R,) under train.replicas.
+  """
+  total = sum(np.asarray(program.eval_step(state, data_lib.to_global(b, mesh)), np.float64)
+              for b in batches)
   n = sum(b['targets'].size for b in batches) * jax.process_count()
   return total / n
 
@@ -188,6 +195,14 @@ class Run:
   skipped: int = 0  # Updates dropped by train.nonfinite='skip'.
   extra_checkpoints: frozenset = frozenset()  # train.checkpoint_steps (kept: branch points).
   multi_steps: dict = dataclasses.field(default_factory=dict)  # K -> compiled K-step call.
+  # The runs this program trains: [self], or one view per replica (train.replicas), each with
+  # its own config, folder and Reporter; the group's own Reporter then writes console lines only.
+  views: list = dataclasses.field(default_factory=list)
+  diverged_at: int | None = None  # A replica's non-finite step (its curve ends there).
+  group: str = ''  # A replica's group workdir (which holds the stacked checkpoint).
+
+  def live_views(self) -> list:
+    return [v for v in self.views if v.diverged_at is None]
 
   def bpb(self, loss: float) -> float | None:
     n_bytes = self.splits.val.n_bytes
@@ -340,42 +355,71 @@ def _report_start(r: Run, start: int, xla: dict, peak: float, peak_source: str) 
                  f'peak {peak:.3g} FLOP/s/device ({peak_source})')
   if start:
     report.console(f'resumed from step {start} in {r.checkpointer.dir}')
-  report.text('config', '```\n' + str(r.config) + '\n```')
-  report.text('data', '```\n' + json.dumps(r.splits.manifest, indent=1, default=str) + '\n```')
-  report.scalars(0, c.as_dict(), 'params')
-  report.scalars(0, {'xla_per_step': xla['flops_xla'], 'xla_model_per_step': xla['flops_xla_model'],
-                     'model_per_step': r.flops_per_token * tps}, 'flops')
+  if r.program.replicas:
+    report.console(f'{r.program.replicas} replicas in one vmapped program '
+                   f'(train.replicas={r.config.train.replicas!r}): '
+                   + ', '.join(v.workdir for v in r.views))
+  for v in r.views:
+    v.report.text('config', '```\n' + str(v.config) + '\n```')
+    v.report.text('data', '```\n' + json.dumps(r.splits.manifest, indent=1, default=str) + '\n```')
+    v.report.scalars(0, c.as_dict(), 'params')
+    v.report.scalars(0, {'xla_per_step': xla['flops_xla'],
+                         'xla_model_per_step': xla['flops_xla_model'],
+                         'model_per_step': r.flops_per_token * tps}, 'flops')
   xla_text = (f'XLA {xla["flops_xla"]:.4g} (model {xla["flops_xla_model"]:.4g})'
               if xla['flops_xla'] else f'XLA count {xla["method"]}')
   report.console(f'FLOPs per step: {xla_text}, 6ND {6.0 * c.active * tps:.4g}, '
                  f'MFU count {r.flops_per_token * tps:.4g}')
 
 
-def _fetch(pending) -> list[tuple[int, dict]]:
-  """(step, metrics) of a call's steps: one fetch for all K steps of a multi-step call.
+def _fetch(pending, n_replicas: int) -> list[tuple[int, list[dict]]]:
+  """(step, [metrics of each run]) of a call's steps: one fetch for all K steps of a call.
 
-  Scalars become floats; vectors (the MoE per-expert load) stay numpy arrays.
+  A K-step call's metrics have a leading K axis, then (replicas) an R axis: one
+  dict per replica, or [the run's]. Scalars become floats; vectors (the MoE
+  per-expert load) stay numpy arrays.
   """
   steps, metrics = pending
   host = jax.device_get(metrics)
   one = lambda v: v if getattr(v, 'ndim', 0) else float(v)
-  if not getattr(host['loss'], 'ndim', 0):  # A one-step call: no leading K axis.
-    return [(steps[0], {k: one(v) for k, v in host.items()})]
-  return [(s, {k: one(v[i]) for k, v in host.items()}) for i, s in enumerate(steps)]
+  per_step = [host] if len(steps) == 1 else [{k: v[i] for k, v in host.items()}
+                                              for i in range(len(steps))]
+  if not n_replicas:
+    return [(s, [{k: one(v) for k, v in m.items()}]) for s, m in zip(steps, per_step)]
+  return [(s, [{k: one(v[i]) for k, v in m.items()} for i in range(n_replicas)])
+          for s, m in zip(steps, per_step)]
 
 
-def _log_calls(r: Run, pending, timer: Throughput) -> float:
-  """Log every step of a finished call (fetched one call late); returns the last train loss."""
-  train_loss = float('nan')
-  for s, m in _fetch(pending):
-    train_loss = _log_train(r, s, m, timer)
-  return train_loss
+def _log_calls(r: Run, pending, timer: Throughput, train_losses: list) -> list:
+  """Log every step of a finished call (fetched one call late); returns each run's last train loss.
+
+  A replica whose update turned non-finite stops being logged (its curve ends:
+  `diverged_at`) while the others go on; a lone run raises NonFinite.
+  """
+  t = r.config.train
+  for s, ms in _fetch(pending, r.program.replicas):
+    tps = timer.log(s) if s % t.log_every == 0 or s == r.steps else None
+    for i, (v, m) in enumerate(zip(r.views, ms)):
+      if v.diverged_at is not None:
+        continue
+      try:
+        train_losses[i] = _log_train(v, s, m, tps)
+      except NonFinite as e:
+        if not r.program.replicas:
+          raise
+        v.diverged_at = s
+        r.report.console(f'{os.path.basename(v.workdir)} stops at step {s}: {e}')
+    if not r.live_views():
+      raise NonFinite(f'every replica stopped on a non-finite update (the last at step {s}); '
+                      f'the last checkpoint (if any) is in {r.checkpointer.dir}')
+  return train_losses
 
 
-def _log_train(r: Run, s: int, m: dict, timer: Throughput) -> float:
+def _log_train(r: Run, s: int, m: dict, tps: float | None) -> float:
   """Apply the non-finite policy to step `s`'s metrics, and log them on log steps.
 
-  Returns the step's train loss (NaN for a skipped step).
+  `tps`: tokens/s since the previous log (None where unknown). Returns the
+  step's train loss (NaN for a skipped step).
   """
   train_loss = m['loss']
   vectors = {k: v for k, v in m.items() if getattr(v, 'ndim', 0)}  # The MoE per-expert load.
@@ -396,7 +440,6 @@ def _log_train(r: Run, s: int, m: dict, timer: Throughput) -> float:
                     f'checkpoint (if any) is in {r.checkpointer.dir}. '
                     '--config.train.nonfinite=skip drops such updates instead.')
   if s % t.log_every == 0 or s == r.steps:
-    tps = timer.log(s)
     m.update(tokens=s * r.tokens_per_step, flops_6nd=r.flops_6nd(s))
     if tps:
       m.update(tokens_per_sec=tps, mfu=tps * r.flops_per_token / r.peak_total)
@@ -411,8 +454,16 @@ def _log_train(r: Run, s: int, m: dict, timer: Throughput) -> float:
   return train_loss
 
 
-def _log_eval(r: Run, s: int, state, val_batches, train_loss: float) -> float:
-  eval_loss = evaluate(r.program, state, val_batches, r.mesh)
+def _log_evals(r: Run, s: int, state, val_batches, train_losses: list) -> list:
+  """Evaluate at step `s`; log each live run's loss. Returns each run's eval loss (NaN: stopped)."""
+  losses = np.atleast_1d(evaluate(r.program, state, val_batches, r.mesh))
+  out = []
+  for v, loss, train_loss in zip(r.views, losses, train_losses):
+    out.append(_log_eval(v, s, float(loss), train_loss) if v.diverged_at is None else float('nan'))
+  return out
+
+
+def _log_eval(r: Run, s: int, eval_loss: float, train_loss: float) -> float:
   b = r.bpb(eval_loss)
   r.report.scalars(s, {'loss': eval_loss, 'bpb': b}, 'eval')
   r.report.compute_axes({'eval_loss': eval_loss, 'eval_bpb': b}, s * r.tokens_per_step,
@@ -431,7 +482,8 @@ def _save(r: Run, s: int, state, train_iter) -> None:
   The curve goes first: a kill between the two then leaves rows beyond the
   newest checkpoint (dropped on resume), never a checkpoint without its rows.
   """
-  r.report.flush()
+  for v in r.views:
+    v.report.flush()
   try:
     r.checkpointer.save(s, state, train_iter)
   except (ckpt_lib.CheckpointError, OSError) as e:
@@ -447,7 +499,7 @@ def _next_stop(r: Run, s: int) -> int:
   return min(stops + [x for x in r.extra_checkpoints if x > s])
 
 
-def _calibrate(r: Run, state, train_iter, s: int, timer: Throughput):
+def _calibrate(r: Run, state, train_iter, s: int, timer: Throughput, train_losses: list):
   """train.steps_per_call=0: time 3 single steps, choose K for >= CALL_SECONDS of work per call."""
   times = []
   for _ in range(3):
@@ -459,7 +511,7 @@ def _calibrate(r: Run, state, train_iter, s: int, timer: Throughput):
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
     s += 1
-    _log_calls(r, ((s,), metrics), timer)
+    _log_calls(r, ((s,), metrics), timer, train_losses)
   step_s = statistics.median(times) if times else CALL_SECONDS
   k = int(min(MAX_STEPS_PER_CALL, max(1, math.ceil(CALL_SECONDS / step_s))))
   r.report.console(f'steps per call: {k} (train.steps_per_call=0: {1e3 * step_s:.1f} ms per step)')
@@ -467,8 +519,8 @@ def _calibrate(r: Run, state, train_iter, s: int, timer: Throughput):
 
 
 def _train(r: Run, state, start: int, train_iter, val_batches, timer: Throughput,
-           startup: Startup, preemption: Preemption) -> tuple[float, float]:
-  """Steps start+1..steps with evals and checkpoints; returns (final train loss, eval loss).
+           startup: Startup, preemption: Preemption) -> tuple[list, list]:
+  """Steps start+1..steps with evals and checkpoints; returns each run's (train losses, eval losses).
 
   Each call runs K = train.steps_per_call steps (one lax.scan) or, where the
   next eval or checkpoint is closer than K steps, single steps up to it: evals,
@@ -480,7 +532,8 @@ def _train(r: Run, state, start: int, train_iter, val_batches, timer: Throughput
   t = r.config.train
   k = t.steps_per_call
   pending = None  # ((steps of the call), metrics on device): fetched one call late.
-  train_loss = eval_loss = float('nan')
+  train_loss = [float('nan')] * len(r.views)  # Each run's (replica's) latest train loss.
+  eval_loss = list(train_loss)
   s, first = start, True
   with sharding.use_mesh(r.mesh):
     while s < r.steps:
@@ -488,7 +541,7 @@ def _train(r: Run, state, start: int, train_iter, val_batches, timer: Throughput
         startup.done('first step')
         r.report.console(startup.line())
         first = False
-        state, s, k = _calibrate(r, state, train_iter, s, timer)
+        state, s, k = _calibrate(r, state, train_iter, s, timer, train_loss)
         timer.pause(s)
         continue
       if k > 1 and _next_stop(r, s) - s >= k:
@@ -504,17 +557,17 @@ def _train(r: Run, state, start: int, train_iter, val_batches, timer: Throughput
         r.report.console(startup.line())
         first = False
       if pending is not None:
-        train_loss = _log_calls(r, pending, timer)
+        _log_calls(r, pending, timer, train_loss)
       pending, s = (steps, metrics), steps[-1]
       is_eval = s % t.eval_every == 0 or s == r.steps
       is_ckpt = (t.checkpoint_every and (s % t.checkpoint_every == 0 or s == r.steps)
                  or s in r.extra_checkpoints)
       stop = s < r.steps and preemption.requested(s)
       if is_eval or is_ckpt or stop:
-        train_loss = _log_calls(r, pending, timer)
+        _log_calls(r, pending, timer, train_loss)
         pending = None
       if is_eval:
-        eval_loss = _log_eval(r, s, state, val_batches, train_loss)
+        eval_loss = _log_evals(r, s, state, val_batches, train_loss)
         timer.pause(s)
       if is_ckpt or stop:
         _save(r, s, state, train_iter)
@@ -525,10 +578,11 @@ def _train(r: Run, state, start: int, train_iter, val_batches, timer: Throughput
         raise cli.Stop(f'preempted ({preemption.signal}) after step {s}; rerun to resume',
                        cli.PREEMPTED)
     if pending is not None:
-      train_loss = _log_calls(r, pending, timer)
+      _log_calls(r, pending, timer, train_loss)
     if start >= r.steps:  # Already finished: report the final state again.
-      eval_loss = evaluate(r.program, state, val_batches, r.mesh)
-      train_loss = next((row['train_loss'] for row in reversed(r.report.curve)), train_loss)
+      eval_loss = [float(x) for x in np.atleast_1d(evaluate(r.program, state, val_batches, r.mesh))]
+      train_loss = [next((row['train_loss'] for row in reversed(v.report.curve)), float('nan'))
+                    for v in r.views]
   return train_loss, eval_loss
 
 
@@ -544,10 +598,21 @@ def _report_hparams(r: Run, summary: dict) -> None:
        'hparams/eval_loss': summary['eval_loss']})
 
 
+def _replica(r: Run, tps: float | None) -> dict:
+  """summary.json's record of a replica: its group, the group's size and MFU, where it stopped."""
+  if not r.program.replicas:
+    return {}
+  n = r.program.replicas
+  return {'replicas': n, 'replica_of': os.path.abspath(r.group), 'diverged_at_step': r.diverged_at,
+          'mfu_all_replicas': n * tps * r.flops_per_token / r.peak_total if tps else None}
+
+
 def _summary(r: Run, xla: dict, timer: Throughput, train_loss: float, eval_loss: float,
              peak: float, peak_source: str, wall: float, startup: Startup) -> dict:
   tps = timer.median()
   tokens = r.steps * r.tokens_per_step
+  if r.diverged_at is not None:  # A replica that stopped: no final loss to fit.
+    train_loss = eval_loss = None
   return {
       **r.counts.as_dict(),
       'tokens': tokens,
@@ -559,7 +624,7 @@ def _summary(r: Run, xla: dict, timer: Throughput, train_loss: float, eval_loss:
       'flops_xla_method': xla['method'],
       'final_train_loss': train_loss,
       'eval_loss': eval_loss,
-      'eval_bpb': r.bpb(eval_loss),
+      'eval_bpb': r.bpb(eval_loss) if eval_loss is not None else None,
       'tokens_per_sec': tps,
       'mfu': tps * r.flops_per_token / r.peak_total if tps else None,
       'peak_flops_per_device': peak,
@@ -572,6 +637,7 @@ def _summary(r: Run, xla: dict, timer: Throughput, train_loss: float, eval_loss:
       'timed_seconds': sum(t for t, _ in timer.intervals),
       'startup': startup.as_dict(),
       **_branch(r.config, r),
+      **_replica(r, tps),
       'data': r.splits.manifest,
       'config': json.loads(r.config.to_json()),
   }
@@ -581,7 +647,10 @@ def run(config, workdir: str, t_process_start: float | None = None) -> dict:
   """Train `config` in `workdir`; returns (and writes) summary.json's contents.
 
   `t_process_start` (a time.perf_counter() value) is when the process started;
-  the start-up report's 'imports' phase runs from it to this call.
+  the start-up report's 'imports' phase runs from it to this call. With
+  train.replicas, each replica's summary.json is written in its folder
+  (`train.replicas.folder_names`) and `workdir/replicas.json` lists them; the
+  return value is {'replicas': [each replica's summary]}.
   """
   startup = Startup(t_process_start)
   startup.done('imports')
@@ -607,14 +676,16 @@ def run(config, workdir: str, t_process_start: float | None = None) -> dict:
   startup.done('restore' if start else 'init')
   peak, peak_source = hardware.peak_flops_per_device(config.train.peak_flops)
   startup.done('peak FLOP/s')
+  n_rep = program.replicas
   r = Run(config=config, workdir=workdir, mesh=mesh, mesh_shape=mesh_shape,
           steps=planned_steps(config), tokens_per_step=tokens_per_step(config),
           flops_per_token=model_flops_per_token(config.model, config.data.seq_len),
           counts=param_counts(config.model), splits=splits, program=program, train_step=compiled,
           checkpointer=checkpointer,
           report=Reporter(workdir, resume_step=start, parent=_parent_dir(config),
-                          compute_limits=_compute_limits(config, start)),
+                          compute_limits=_compute_limits(config, start), events=not n_rep),
           peak_total=peak * jax.device_count(), extra_checkpoints=extra)
+  r.views = _replica_views(r, start) if n_rep else [r]
   _report_start(r, start, xla, peak, peak_source)
   timer = Throughput(start, r.tokens_per_step)
   t0 = time.perf_counter()
@@ -624,14 +695,46 @@ def run(config, workdir: str, t_process_start: float | None = None) -> dict:
                                    preemption)
   finally:
     preemption.close()
-    r.report.flush()
+    for v in r.views:
+      v.report.flush()
     checkpointer.close()
-  summary = _summary(r, xla, timer, train_loss, eval_loss, peak, peak_source,
-                     time.perf_counter() - t0, startup)
+  wall = time.perf_counter() - t0
+  summaries = []
+  for v, train_v, eval_v in zip(r.views, train_loss, eval_loss):
+    summary = _summary(v, xla, timer, train_v, eval_v, peak, peak_source, wall, startup)
+    if jax.process_index() == 0:
+      write_json_atomic(os.path.join(v.workdir, 'summary.json'), summary)
+    _report_hparams(v, summary)
+    v.report.close()
+    summaries.append(summary)
+    loss = f'{eval_v:.4f}' if v.diverged_at is None else f'none (stopped at step {v.diverged_at})'
+    v.report.console(f'done: eval loss {loss} | summary {os.path.join(v.workdir, "summary.json")}')
+  r.report.console(f'TensorBoard: tensorboard --logdir {os.path.abspath(workdir)}')
+  if not n_rep:
+    return summaries[0]
+  group = {'replicas': summaries}
   if jax.process_index() == 0:
-    write_json_atomic(os.path.join(workdir, 'summary.json'), summary)
-  _report_hparams(r, summary)
-  r.report.close()
-  r.report.console(f'done: eval loss {eval_loss:.4f} | summary {os.path.join(workdir, "summary.json")}'
-                   f' | TensorBoard: tensorboard --logdir {os.path.abspath(workdir)}')
-  return summary
+    write_json_atomic(os.path.join(workdir, 'replicas.json'), {
+        'replicas': config.train.replicas,
+        'runs': [{'folder': os.path.basename(v.workdir), 'eval_loss': s['eval_loss'],
+                  'diverged_at_step': v.diverged_at} for v, s in zip(r.views, summaries)]})
+  return group
+
+
+def _replica_views(r: Run, start: int) -> list[Run]:
+  """One Run per replica, in its folder under the group's workdir, with its own config and events.
+
+  Each folder's config.json is the replica's config alone (train.replicas
+  cleared), so it also trains as a lone run; a resume checks it as
+  _check_same_run checks the group's.
+  """
+  views = []
+  for cfg, name in zip(replicas_lib.replica_configs(r.config), replicas_lib.folder_names(r.config)):
+    path = os.path.join(r.workdir, name)
+    _make_workdir(path)
+    _check_same_run(path, cfg)
+    views.append(dataclasses.replace(
+        r, config=cfg, workdir=path, group=r.workdir, views=[], multi_steps=r.multi_steps,
+        report=Reporter(path, resume_step=start, compute_limits=_compute_limits(cfg, start),
+                        prefix=f'[{name}] ')))
+  return views

@@ -81,14 +81,18 @@ class Reporter:
   """TensorBoard (tensorboardX) events, curve.json rows and console lines, from process 0."""
 
   def __init__(self, workdir: str, resume_step: int = 0, parent: str | None = None,
-               compute_limits: tuple[int, int] = (0, 0)):
+               compute_limits: tuple[int, int] = (0, 0), events: bool = True, prefix: str = ''):
     """`parent`: a cooldown branch's parent run, whose curve up to `resume_step` starts this one.
 
     `compute_limits`: (tokens, MFLOPs) at `resume_step`, the last kept steps of the
-    compute-axis tags when old events are pruned on resume.
+    compute-axis tags when old events are pruned on resume. `events=False`: console
+    lines only (the group of train.replicas, whose replicas each write their own);
+    `prefix` starts each console line (a replica's name).
     """
     self.compute_limits = compute_limits
-    self.enabled = jax.process_index() == 0
+    self.prefix = prefix
+    self.console_enabled = jax.process_index() == 0
+    self.enabled = self.console_enabled and events
     self.curve_path = os.path.join(workdir, 'curve.json')
     self.curve = []
     self.writer = None
@@ -156,8 +160,8 @@ class Reporter:
       self.writer.flush()
 
   def console(self, line: str) -> None:
-    if self.enabled:
-      print(f'[{time.strftime("%H:%M:%S")}] {line}', flush=True)
+    if self.console_enabled:
+      print(f'[{time.strftime("%H:%M:%S")}] {self.prefix}{line}', flush=True)
 
   def close(self) -> None:
     if self.enabled:
