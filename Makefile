@@ -5,14 +5,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum setup.py | cut -d' ' -f1)
 
-.PHONY: demo test install clean
+.PHONY: demo test test-llamacpp install clean
 
 install: $(STAMP)
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,tpu-aot,ray,quant]'
+	$(PY) -m pip install --quiet -e '.[test,tpu-aot,ray,quant,export]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 # The demo is the CPU path (an IsoFLOP sweep of tiny models, then the fit); JAX_PLATFORMS=cpu keeps
@@ -22,6 +22,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Opt-in: llama-cpp-python compiles llama.cpp from source (CMAKE_BUILD_PARALLEL_LEVEL sets the
+# compile jobs), then the tests marked llamacpp run the GGUF exports in it.
+test-llamacpp: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[llamacpp]'
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -m llamacpp tests/test_export.py
 
 clean:
 	rm -rf runs build *.egg-info

@@ -37,5 +37,14 @@ setup(
         'ray': ['ray[default]>=2.40,<3'],
         # Only for scaling.quant (post-training quantization of a checkpoint); tested with 0.1.8.
         'quant': ['qwix>=0.1.8,<0.2'],
+        # Only for scaling.export (HF safetensors, GGUF) and its tests' client, transformers on
+        # PyTorch CPU; tested with gguf 0.19.0, safetensors 0.8.0, transformers 5.24.0 and torch
+        # 2.13.0+cpu on Python 3.11 (a CPU wheel; on 3.12 the transformers tests skip).
+        'export': ['gguf>=0.19,<0.20', 'safetensors>=0.8,<0.9',
+                   'torch==2.13.0; python_version<"3.12"',
+                   'transformers>=5.24,<6; python_version<"3.12"'],
+        # Only for `make test-llamacpp`: runs the GGUF exports in llama.cpp; an sdist that compiles
+        # llama.cpp (cmake, g++). Tested with 0.3.36.
+        'llamacpp': ['llama-cpp-python>=0.3.36,<0.4'],
     },
 )

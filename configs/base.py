@@ -106,4 +106,26 @@ def get_config() -> ml_collections.ConfigDict:
   s.fsdp = 1  # Data parallelism with params/optimizer sharded (ZeRO-3 style).
   s.tensor = 1  # Tensor (model) parallelism over heads and MLP width.
   s.expert = 1  # Expert parallelism (MoE configs).
+
+  # ---- Post-training (python -m train.post; train/post.py): the model, tokenizer and other optim.* come from post.base.
+  p = c.post = ml_collections.ConfigDict()
+  p.base = ''  # The pre-trained run folder (config.json, checkpoints/) whose newest checkpoint is the start and the reference.
+  p.method = 'sft'  # 'sft' (answer NLL), 'dpo', 'orpo', 'simpo' (preference pairs) or 'kto' (thumbs up/down); train/prefs.py.
+  p.tasks = 'addition,sorting,copying,recall'  # Comma-separated verifiable tasks (train/tasks.py), each example's drawn uniformly.
+  p.difficulty = 3  # Task size n in [2, 26]: digits per addend, digits to sort or copy, key-value pairs to recall.
+  p.steps = 100  # Optimizer steps.
+  p.lr = 1e-3  # Peak LR: the base's AdamW settings, warmup optim.warmup_fraction of post.steps, cosine to optim.min_lr_ratio * lr.
+  p.batch_size = 16  # Rows per step: packed windows (sft), pairs (dpo/orpo/simpo) or labelled answers (kto).
+  p.seq_len = 0  # Tokens per row; 0 = the base run's data.seq_len.
+  p.beta = 0.1  # DPO and KTO: β, how strongly the policy is tied to the reference (the frozen base).
+  p.simpo_beta = 2.0  # SimPO: β, the scale of the length-normalised reward.
+  p.simpo_gamma = 0.5  # SimPO: γ, the target reward margin (nats per token times β).
+  p.orpo_lambda = 0.1  # ORPO: λ, the weight of the log-odds-ratio term beside the chosen answers' NLL.
+  p.kto_lambda_d = 1.0  # KTO: λ_D, the weight of desirable answers.
+  p.kto_lambda_u = 1.0  # KTO: λ_U, the weight of undesirable answers.
+  p.eval_prompts = 64  # Held-out prompts decoded greedily for exact match and reward (before, at evals and after).
+  p.eval_every = 0  # Steps between held-out evaluations; 0 = only before and after training.
+  p.log_every = 10  # Steps between console/TensorBoard train logs.
+  p.checkpoint_every = 0  # Steps between checkpoints; 0 = only at the end.
+  p.seed = 0  # Seeds the task draws (training batches and the held-out set).
   return c

@@ -3,7 +3,7 @@
 `validate(config, n_devices)` collects every problem it can find and raises a
 single `ConfigError` whose message names each offending key. Each block has
 its own check (`model_errors`, `data_errors`, `optim_errors`, `length_errors`,
-`mesh_errors`, `shape_errors`). Nothing here touches a device: the model is
+`mesh_errors`, `shape_errors`, `post_errors`). Nothing here touches a device: the model is
 shape-evaluated only (`nnx.eval_shape`).
 """
 
@@ -17,6 +17,7 @@ from model import moe, sharding
 from model.counts import planned_steps
 from model.transformer import Transformer, attention_errors, parameterization_errors
 from train import replicas
+from train import tasks
 from train.optim import DECAY_SHAPES
 from train.sources import VALID_SOURCES
 
@@ -26,6 +27,7 @@ TOKENIZERS = ('byte', 'bpe')
 ATTENTION_IMPLS = ('xla', 'cudnn', None)
 NONFINITE_POLICIES = ('stop', 'skip')
 SCHEDULES = ('cosine', 'wsd')
+POST_METHODS = ('sft', 'dpo', 'orpo', 'simpo', 'kto')  # python -m train.post
 
 
 def _positive_ints(c, section: str, keys, errors):
@@ -191,6 +193,33 @@ def shape_errors(abstract_params, mesh_shape: dict[str, int]) -> list[str]:
           for e in sharding.divisibility_errors(abstract_params, mesh_shape)]
 
 
+def post_errors(p) -> list[str]:
+  """Problems with the `post` block (python -m train.post; post.base is checked there)."""
+  errors = []
+  c = {'post': p}
+  _choice(c, 'post', 'method', POST_METHODS, errors)
+  names = [t.strip() for t in str(p.tasks).split(',') if t.strip()]
+  unknown = [t for t in names if t not in tasks.TASKS]
+  if not names or unknown:
+    errors.append(f'post.tasks={p.tasks!r}: must be comma-separated names from '
+                  f'{", ".join(tasks.TASKS)}')
+  if not (isinstance(p.difficulty, int) and
+          tasks.MIN_DIFFICULTY <= p.difficulty <= tasks.MAX_DIFFICULTY):
+    errors.append(f'post.difficulty={p.difficulty!r}: must be an integer in '
+                  f'[{tasks.MIN_DIFFICULTY}, {tasks.MAX_DIFFICULTY}]')
+  _positive_ints(c, 'post', ('steps', 'batch_size', 'eval_prompts', 'log_every'), errors)
+  for k in ('seq_len', 'eval_every', 'checkpoint_every', 'seed'):
+    if not isinstance(p[k], int) or p[k] < 0:
+      errors.append(f'post.{k}={p[k]!r}: must be an integer >= 0')
+  for k in ('lr', 'beta', 'simpo_beta', 'kto_lambda_d', 'kto_lambda_u'):
+    if not (math.isfinite(p[k]) and p[k] > 0):
+      errors.append(f'post.{k}={p[k]!r}: must be > 0')
+  for k in ('simpo_gamma', 'orpo_lambda'):
+    if not (math.isfinite(p[k]) and p[k] >= 0):
+      errors.append(f'post.{k}={p[k]!r}: must be >= 0')
+  return errors
+
+
 def raise_if(errors: list[str]) -> None:
   if errors:
     raise ConfigError('invalid config:\n  - ' + '\n  - '.join(errors))
@@ -205,6 +234,7 @@ def validate(config: ml_collections.ConfigDict, n_devices: int, n_processes: int
   the training loop runs `shape_errors` on the one abstract trace it builds.
   """
   errors = model_errors(config.model) + data_errors(config.data) + optim_errors(config.optim)
+  errors += post_errors(config.post) if 'post' in config else []
   errors += length_errors(config, errors)
   mesh, errs = mesh_errors(config, n_devices, n_processes)
   errors += errs
