@@ -64,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   d.global_batch_size = 16  # Windows per step across all processes B.
   d.synthetic_tokens = 2_000_000  # For source='synthetic': tokens generated (train; validation gets 5%).
   d.worker_count = 0  # grain worker processes (0 = in the main process).
+  d.prefetch = 4  # Batches a background thread assembles ahead (grain's thread prefetch; checkpoints keep the consumed position); 0 = none.
 
   # ---- Optimisation (optax AdamW, warmup then cosine or warmup-stable-decay to min_lr_ratio * peak).
   o = c.optim = ml_collections.ConfigDict()

@@ -11,7 +11,8 @@ fit (approaches 1-3, `scaling.fit`) into WORKDIR/fit; then the target run at
 predicted loss. Rerunning skips the finished runs and refits. Prints where
 fit.json, the plots and the TensorBoard logs are. Runs are deterministic: the
 fit does not depend on the parallelism (2 runs at a time by default: one
-run's Python startup and compilation overlap the other's training).
+run's compilation overlaps the other's training), trained by 2 long-lived
+workers (`launch.sweep --worker-pool`: JAX is imported once per worker).
 """
 
 import argparse
@@ -31,7 +32,8 @@ def main(argv=None) -> int:
   p.add_argument('--dry-run', action='store_true', help='print the plan only')
   args = p.parse_args(argv)
   t0 = time.perf_counter()
-  argv = ['--config', SWEEP_CONFIG, '--workdir', args.workdir, '--parallel', str(args.parallel)]
+  argv = ['--config', SWEEP_CONFIG, '--workdir', args.workdir, '--parallel', str(args.parallel),
+          '--worker-pool']
   rc = sweep.main(argv + (['--dry-run'] if args.dry_run else []))
   if args.dry_run or rc == 2:
     return rc

@@ -39,6 +39,7 @@ import sys
 import time
 import warnings
 
+from launch import pool
 from launch import ray_backend
 from launch import runs
 from launch import tpu
@@ -60,8 +61,12 @@ run_state = ray_backend.run_state  # 'finished' | 'resume' | 'new' (one definiti
 
 
 def run_all(commands: list, workdir: str, parallel: int = 1, log=print, poll_seconds: float = 0.2,
-            max_preemptions: int = 3, max_failures: int = 0, after: dict | None = None) -> dict:
+            max_preemptions: int = 3, max_failures: int = 0, after: dict | None = None,
+            worker_pool: bool = False) -> dict:
   """Run (name, argv) pairs as processes, at most `parallel` at once.
+
+  worker_pool: `parallel` long-lived `python -m train.worker` processes train
+  the runs in turn instead (`launch.pool`), with the same logs and statuses.
 
   Each run's stdout and stderr go (appended) to DIR/<name>/train.log. Runs
   with summary.json are skipped; others start (train resumes from their
@@ -74,6 +79,8 @@ def run_all(commands: list, workdir: str, parallel: int = 1, log=print, poll_sec
   resume).
   """
   ledger = ray_backend.Ledger(commands, workdir, 'local', max_preemptions, max_failures, log, after)
+  if worker_pool:
+    return pool.run_pool(ledger, workdir, parallel, poll_seconds, log)
   active = {}
 
   def start(rec):
@@ -295,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help='requeue a preempted run (exit 75, or its Ray node died) at most N times (default 3)')
   p.add_argument('--max-failures', type=int, default=0, metavar='N',
                  help='retry a failed run (any other non-zero exit) at most N times (default 0)')
+  p.add_argument('--worker-pool', action='store_true',
+                 help='local backend: --parallel long-lived `python -m train.worker` processes train '
+                 'the runs in turn (JAX imported once per worker, not once per run)')
   return p
 
 
@@ -313,6 +323,8 @@ def main(argv=None, log=print) -> int:
       raise SweepError(f'--tpu: the sweep config {args.config} has no tpu block')
     if args.tpu and args.backend == 'ray':
       raise SweepError('--tpu and --backend ray: choose one (gcloud on one TPU VM, or a Ray cluster)')
+    if args.worker_pool and (args.tpu or args.backend == 'ray'):
+      raise SweepError('--worker-pool is for the local backend (not --tpu or --backend ray)')
     resources = _ray_resources(args, sweep)
     if args.backend == 'ray' and not args.dry_run and importlib.util.find_spec('ray') is None:
       raise SweepError("--backend ray: ray is not installed (pip install -e '.[ray]')")
@@ -351,7 +363,8 @@ def main(argv=None, log=print) -> int:
       return ray_backend.run_all_ray(commands, workdir, args.ray_address, args.max_preemptions,
                                      args.max_failures, log, resources, after=sweep.after())
     return run_all(commands, workdir, args.parallel, log, max_preemptions=args.max_preemptions,
-                   max_failures=args.max_failures, after=sweep.after())
+                   max_failures=args.max_failures, after=sweep.after(),
+                   worker_pool=args.worker_pool)
 
   results = run(sweep.runs)
   failed = [n for n, v in results.items() if v in ('failed', 'preempted-out')]

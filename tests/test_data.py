@@ -46,6 +46,23 @@ def test_processes_read_disjoint_shares_of_the_same_global_batches(n_tokens, mon
   assert all(len(b) == 8 for b in one)  # No window twice in a batch.
 
 
+@pytest.mark.parametrize('prefetch', [0, 3])
+def test_prefetch_keeps_the_order_and_checkpoints_the_consumed_position(prefetch):
+  """The background thread reads ahead, but the state is that of the last batch handed out."""
+  split = _split(64 * 4 + 1)
+  plain = data_lib.train_iterator(split, 4, 8, seed=1)
+  expected = [next(plain)['inputs'] for _ in range(12)]
+  it = data_lib.train_iterator(split, 4, 8, seed=1, prefetch=prefetch)
+  for i in range(5):
+    np.testing.assert_array_equal(next(it)['inputs'], expected[i])
+  state = it.get_state()  # The thread has read past batch 5 by now (prefetch > 0).
+  resumed = data_lib.train_iterator(split, 4, 8, seed=1, prefetch=prefetch)
+  resumed.set_state(state)
+  for i in range(5, 12):
+    np.testing.assert_array_equal(next(resumed)['inputs'], expected[i])
+    np.testing.assert_array_equal(next(it)['inputs'], expected[i])
+
+
 def test_eval_batches_are_fixed_and_need_one_global_batch():
   split = _split(200)
   a = data_lib.eval_batches(split, 4, 8, n_batches=3, seed=0)

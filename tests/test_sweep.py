@@ -225,17 +225,21 @@ def test_run_state_sees_checkpoints(tmp_path):
 
 
 def test_real_runs_train_with_their_budget_and_are_skipped_on_rerun(tmp_path):
+  """Two real runs in one long-lived worker (--worker-pool; tests/test_micro_sweep_... runs
+  processes); a rerun skips them."""
   cfg = write_sweep(tmp_path, budgets=(1e9,), n_sizes=2)
   workdir = tmp_path / 'sweep'
   lines = []
-  assert sweep_lib.main(['--config', cfg, '--workdir', str(workdir), '--parallel', '2', '--no-fit'],
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(workdir), '--worker-pool', '--no-fit'],
                         log=lines.append) == 0, '\n'.join(lines)
   for r in expand_lib.expand(expand_lib.load_config_file(cfg)).runs:
     s = json.load(open(workdir / r.name / 'summary.json'))
     assert s['params_with_head'] == r.params and s['steps'] == r.steps
     assert s['config']['train']['flops'] == 1e9
     assert s['flops_6nd'] == pytest.approx(1e9, rel=1 / r.steps)
-    assert 'done:' in open(workdir / r.name / 'train.log').read()
+    log = open(workdir / r.name / 'train.log').read()
+    assert 'worker pool' in log and 'done:' in log
+    assert s['startup']['imports'] < 0.5  # JAX and the project were imported once, by the worker.
   lines.clear()
   assert sweep_lib.main(['--config', cfg, '--workdir', str(workdir), '--no-fit'], log=lines.append) == 0
   assert sum('skip    ' in ln for ln in lines) == 2

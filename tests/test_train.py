@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -182,3 +183,26 @@ def test_tensorboard_has_compute_axes_and_one_hparams_trial_per_run(finished_run
   assert '_hparams_/session_start_info' in plugins and '_hparams_/experiment' in plugins
   assert not [d for d in os.listdir(workdir) if os.path.isdir(os.path.join(workdir, d))
               and d not in ('checkpoints',)]  # No HParams sub-runs.
+
+
+def test_flop_count_is_cached_per_step_shape_inside_a_sweep(tmp_path, monkeypatch):
+  """launch sets JAX_COMPILATION_CACHE_DIR per sweep: runs of one shape measure their FLOPs once."""
+  calls = []
+
+  def measure(config, mesh, uncorrected=True):
+    calls.append(config.model.d_model)
+    return {'flops_xla': 1e9 * config.model.d_model, 'flops_xla_model': 1.0, 'method': 'fake'}
+
+  monkeypatch.setattr(cost, 'measure_step_flops', measure)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
+  monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
+  loop._measure_flops(small_config(), mesh)
+  loop._measure_flops(small_config(), mesh)
+  assert calls == [32, 32]  # Outside a sweep: no cache.
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', str(tmp_path))
+  longer, wider = small_config(steps=40), small_config()
+  wider.model.d_model = 64
+  first = loop._measure_flops(small_config(), mesh)
+  assert loop._measure_flops(longer, mesh) == first  # Another length: the same step.
+  assert loop._measure_flops(wider, mesh)['flops_xla'] == 64e9
+  assert calls == [32, 32, 32, 64]

@@ -85,8 +85,9 @@ def data_errors(d) -> list[str]:
         errors.append(f"data.{k} is empty but data.source='arrayrecord' needs ArrayRecord files or globs")
   if not 0 < d.val_fraction < 1:
     errors.append(f'data.val_fraction={d.val_fraction}: must be in (0, 1)')
-  if d.worker_count < 0:
-    errors.append(f'data.worker_count={d.worker_count}: must be >= 0')
+  for k in ('worker_count', 'prefetch'):
+    if d[k] < 0:
+      errors.append(f'data.{k}={d[k]}: must be >= 0')
   return errors
 
 

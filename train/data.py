@@ -44,8 +44,15 @@ def local_batch_size(global_batch_size: int) -> int:
 
 
 def train_iterator(split: TokenFile, seq_len: int, global_batch_size: int, seed: int,
-                   worker_count: int = 0):
-  """Endless, checkpointable iterator of this process's share of each global batch."""
+                   worker_count: int = 0, prefetch: int = 0):
+  """Endless, checkpointable iterator of this process's share of each global batch.
+
+  `worker_count` > 0 reads in that many processes (grain's mp_prefetch); else
+  `prefetch` > 0 batches are assembled ahead by a background thread (grain's
+  ThreadPrefetchIterDataset), while the step runs. Either way the iterator's
+  state is that of the last batch handed out, so a checkpoint resumes at the
+  first batch not yet trained on.
+  """
   windows = Windows(split.tokens, seq_len)
   if len(windows) < global_batch_size:
     raise ValueError(f'the training split has {len(windows)} windows of {seq_len + 1} tokens, '
@@ -59,6 +66,8 @@ def train_iterator(split: TokenFile, seq_len: int, global_batch_size: int, seed:
   it_ds = ds.to_iter_dataset()
   if worker_count > 0:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  elif prefetch > 0:
+    it_ds = grain.experimental.ThreadPrefetchIterDataset(it_ds, prefetch_buffer_size=prefetch)
   return iter(it_ds)
 
 

@@ -11,6 +11,7 @@ measurement and restore.
 """
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -44,7 +45,15 @@ RESUME_KEYS = ('seed', 'init_seed', 'model', 'data', 'optim', 'train.steps', 'tr
 CALL_SECONDS = 0.05  # train.steps_per_call=0 picks K for at least this much work per call.
 MAX_STEPS_PER_CALL = 64
 # Within those, keys that may differ (where the cache lives, how many loader workers).
-RESUME_FREE = ('data.cache_dir', 'data.worker_count')
+RESUME_FREE = ('data.cache_dir', 'data.worker_count', 'data.prefetch')
+# Keys that do not change the compiled train step (its FLOP count is cached across them).
+FLOP_FREE = ('seed', 'init_seed', 'post', 'train.steps', 'train.tokens', 'train.flops',
+             'train.eval_every', 'train.eval_batches', 'train.log_every', 'train.checkpoint_every',
+             'train.keep_checkpoints', 'train.peak_flops', 'train.max_skips', 'train.checkpoint_steps',
+             'train.init_from', 'train.steps_per_call', 'train.replicas', 'data.source',
+             'data.builtin_sources', 'data.paths', 'data.val_paths', 'data.tokenizer',
+             'data.cache_dir', 'data.val_fraction', 'data.synthetic_tokens', 'data.worker_count',
+             'data.prefetch')
 
 
 def _get(cfg_dict: dict, dotted: str):
@@ -200,6 +209,17 @@ class Run:
   views: list = dataclasses.field(default_factory=list)
   diverged_at: int | None = None  # A replica's non-finite step (its curve ends there).
   group: str = ''  # A replica's group workdir (which holds the stacked checkpoint).
+  data_seconds: float = 0.0  # Host time spent waiting for batches (grain, stacking, device put).
+  data_steps: int = 0
+
+  def next_batch(self, train_iter, k: int = 0):
+    """The next global batch, or with k the (k, B, T) stack of k; its wait is timed."""
+    t0 = time.perf_counter()
+    local = data_lib.next_batches(train_iter, k) if k else next(train_iter)
+    batch = data_lib.to_global(local, self.mesh)
+    self.data_seconds += time.perf_counter() - t0
+    self.data_steps += max(k, 1)
+    return batch
 
   def live_views(self) -> list:
     return [v for v in self.views if v.diverged_at is None]
@@ -264,7 +284,7 @@ def _prepare_data(config):
         f'model.vocab_size={config.model.vocab_size} is smaller than the tokenizer '
         f'{splits.tokenizer_name!r} vocabulary ({splits.train.vocab_size})')
   train_iter = data_lib.train_iterator(splits.train, d.seq_len, d.global_batch_size, config.seed,
-                                       d.worker_count)
+                                       d.worker_count, d.prefetch)
   val_batches = data_lib.eval_batches(splits.val, d.seq_len, d.global_batch_size,
                                       config.train.eval_batches, config.seed)
   return splits, train_iter, val_batches
@@ -280,12 +300,43 @@ def _build(config, mesh, mesh_shape):
   return program, compiled
 
 
+def _flop_cache_path(config, mesh) -> str | None:
+  """Where the step's FLOP count of this config is cached: in the sweep's compilation cache
+  (JAX_COMPILATION_CACHE_DIR, which launch sets per sweep), keyed by everything that shapes the
+  compiled step; None outside a sweep."""
+  root = os.environ.get('JAX_COMPILATION_CACHE_DIR')
+  if not root:
+    return None
+  d = json.loads(config.to_json())
+  for key in FLOP_FREE:
+    section, _, field = key.rpartition('.')
+    (d.get(section, {}) if section else d).pop(field, None)
+  ident = json.dumps([d, dict(mesh.shape), jax.__version__, jax.default_backend(),
+                      jax.devices()[0].device_kind], sort_keys=True)
+  return os.path.join(root, 'chinchax_flops', hashlib.sha256(ident.encode()).hexdigest()[:24] + '.json')
+
+
 def _measure_flops(config, mesh) -> dict:
-  """XLA's own count of the step (scan-corrected, lowered HLO: a few seconds, nothing compiled)."""
+  """XLA's own count of the step (scan-corrected, lowered HLO: a few seconds, nothing compiled).
+
+  Inside a sweep the count is cached per config (`_flop_cache_path`): runs of one shape at other
+  budgets, branches and reruns read it instead of lowering the 1- and 2-layer variants again.
+  """
+  path = _flop_cache_path(config, mesh)
+  if path and os.path.isfile(path):
+    try:
+      with open(path) as f:
+        return json.load(f)
+    except (OSError, ValueError):
+      pass  # Unreadable: measure again and rewrite it.
   try:
-    return cost.measure_step_flops(config, mesh, uncorrected=False)
+    result = cost.measure_step_flops(config, mesh, uncorrected=False)
   except ValueError as e:  # No cost model on this backend: say so, train anyway.
     return {'flops_xla': None, 'flops_xla_model': None, 'method': f'unavailable: {e}'}
+  if path and jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_json_atomic(path, result)
+  return result
 
 
 def _restore_or_init(config, program, checkpointer, train_iter, mesh):
@@ -505,7 +556,7 @@ def _calibrate(r: Run, state, train_iter, s: int, timer: Throughput, train_losse
   for _ in range(3):
     if s >= _next_stop(r, s) - 1 or s + 1 >= r.steps:
       break
-    batch = data_lib.to_global(next(train_iter), r.mesh)
+    batch = r.next_batch(train_iter)
     t0 = time.perf_counter()
     state, metrics = r.train_step(state, batch)
     jax.block_until_ready(metrics)
@@ -545,12 +596,10 @@ def _train(r: Run, state, start: int, train_iter, val_batches, timer: Throughput
         timer.pause(s)
         continue
       if k > 1 and _next_stop(r, s) - s >= k:
-        batches = data_lib.to_global(data_lib.next_batches(train_iter, k), r.mesh)
-        state, metrics = r.multi_step(k)(state, batches)
+        state, metrics = r.multi_step(k)(state, r.next_batch(train_iter, k))
         steps = tuple(range(s + 1, s + k + 1))
       else:
-        batch = data_lib.to_global(next(train_iter), r.mesh)
-        state, metrics = r.train_step(state, batch)
+        state, metrics = r.train_step(state, r.next_batch(train_iter))
         steps = (s + 1,)
       if first:
         startup.done('first step')
@@ -635,6 +684,8 @@ def _summary(r: Run, xla: dict, timer: Throughput, train_loss: float, eval_loss:
       'skipped_updates': r.skipped,
       'timed_steps': sum(n for _, n in timer.intervals),
       'timed_seconds': sum(t for t, _ in timer.intervals),
+      # Host wait per step for its batch (next batch assembled while the step before runs).
+      'data_ms_per_step': 1e3 * r.data_seconds / r.data_steps if r.data_steps else None,
       'startup': startup.as_dict(),
       **_branch(r.config, r),
       **_replica(r, tps),
@@ -663,7 +714,9 @@ def run(config, workdir: str, t_process_start: float | None = None) -> dict:
   startup.done('data')
   program, compiled = _build(config, mesh, mesh_shape)
   startup.done('trace and compile')
-  xla = _measure_flops(config, mesh)
+  # Per run: a replica's own step (the vmapped program does R times the work).
+  xla = _measure_flops(replicas_lib.replica_configs(config)[0] if replicas_lib.count(config) else config,
+                       mesh)
   startup.done('FLOP measurement')
   extra = frozenset(config_check.parse_steps(config.train.checkpoint_steps))
   # Branch points must survive: a run with train.checkpoint_steps keeps every checkpoint.
@@ -698,9 +751,11 @@ def run(config, workdir: str, t_process_start: float | None = None) -> dict:
     for v in r.views:
       v.report.flush()
     checkpointer.close()
+    getattr(train_iter, 'close', lambda: None)()  # The prefetch thread or worker processes.
   wall = time.perf_counter() - t0
   summaries = []
   for v, train_v, eval_v in zip(r.views, train_loss, eval_loss):
+    v.data_seconds, v.data_steps = r.data_seconds, r.data_steps  # One batch stream for all.
     summary = _summary(v, xla, timer, train_v, eval_v, peak, peak_source, wall, startup)
     if jax.process_index() == 0:
       write_json_atomic(os.path.join(v.workdir, 'summary.json'), summary)
