@@ -85,13 +85,15 @@ def run(config, steps: int, depths: list[int], matmul_n: int) -> dict:
               + mem.temp_size_in_bytes) if mem is not None else None
   depth_rows = {}
   for L in depths:
-    if L == config.model.n_layers and config.model.scan_layers:
+    looped = config.model.scan_layers and config.model.scan_unroll == 1
+    if L == config.model.n_layers and looped:
       depth_rows[L] = compile_s  # Already compiled above.
       continue
     cfg = copy.deepcopy(config)
-    with cfg.unlocked():
+    with cfg.unlocked():  # A scan loop of one layer per iteration (CPU's auto unroll has none).
       cfg.model.n_layers = L
       cfg.model.scan_layers = True
+      cfg.model.scan_unroll = 1
     depth_rows[L] = _compile_seconds(cfg, mesh)
   return {
       'device_kind': jax.devices()[0].device_kind, 'n_devices': n_dev,

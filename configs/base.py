@@ -31,11 +31,13 @@ def get_config() -> ml_collections.ConfigDict:
   m.compute_dtype = 'float32'  # Activation/matmul dtype: 'float32' (CPU) or 'bfloat16' (TPU/GPU). Params stay float32.
   m.remat = 'none'  # Recompute policy per block: 'none', 'full', 'dots' (save matmul outputs), 'dots_no_batch'.
   m.scan_layers = True  # Stack layers with nnx.scan (compile time flat in depth); False unrolls (for FLOP checks).
+  m.scan_unroll = 0  # Layers per scan iteration (jax.lax.scan's unroll): 0 = auto (CPU: no loop up to 16 layers, else 1; TPU/GPU: 1, compile time flat in depth); n >= 1: n.
   m.attention_impl = 'xla'  # jax.nn.dot_product_attention implementation: 'xla', 'cudnn' or None (let JAX pick).
   m.attention = 'gqa'  # 'gqa' (grouped-query; MHA when n_kv_heads == n_heads) or 'mla' (DeepSeek-V2 latent attention; n_kv_heads unused).
   m.mla_kv_rank = 64  # MLA: rank C of the joint key/value latent (cached per token and layer with the RoPE key).
   m.mla_q_rank = 0  # MLA: rank of the query latent; 0 = queries straight from the residual stream.
   m.mla_rope_dim = 16  # MLA: head size of the decoupled RoPE query/key part (one RoPE key per token, shared by the heads); even.
+  m.qat = 'none'  # Quantization-aware training: 'none', 'int8' (per channel), 'int8-gG' or 'int4-gG' (G weights per scale): every weight fake-quantized in the forward, straight-through gradients (model/qat.py).
   # Mixture-of-Experts (model/moe.py); moe_num_experts = 0 keeps the dense SwiGLU MLP everywhere.
   m.moe_num_experts = 0  # Routed experts E per MoE layer; 0 = dense model.
   m.moe_top_k = 2  # Routed experts per token k (<= moe_num_experts).
@@ -111,22 +113,34 @@ def get_config() -> ml_collections.ConfigDict:
   # ---- Post-training (python -m train.post; train/post.py): the model, tokenizer and other optim.* come from post.base.
   p = c.post = ml_collections.ConfigDict()
   p.base = ''  # The pre-trained run folder (config.json, checkpoints/) whose newest checkpoint is the start and the reference.
-  p.method = 'sft'  # 'sft' (answer NLL), 'dpo', 'orpo', 'simpo' (preference pairs) or 'kto' (thumbs up/down); train/prefs.py.
+  p.method = 'sft'  # 'sft' (answer NLL), 'dpo', 'orpo', 'simpo' (pairs), 'kto' (thumbs up/down; train/prefs.py), 'grpo' (train/rl.py) or 'distill' (from post.teacher).
   p.tasks = 'addition,sorting,copying,recall'  # Comma-separated verifiable tasks (train/tasks.py), each example's drawn uniformly.
   p.difficulty = 3  # Task size n in [2, 26]: digits per addend, digits to sort or copy, key-value pairs to recall.
   p.steps = 100  # Optimizer steps.
   p.lr = 1e-3  # Peak LR: the base's AdamW settings, warmup optim.warmup_fraction of post.steps, cosine to optim.min_lr_ratio * lr.
-  p.batch_size = 16  # Rows per step: packed windows (sft), pairs (dpo/orpo/simpo) or labelled answers (kto).
+  p.batch_size = 16  # Per step: packed windows (sft, distill), pairs (dpo/orpo/simpo), labelled answers (kto) or prompts (grpo).
   p.seq_len = 0  # Tokens per row; 0 = the base run's data.seq_len.
-  p.beta = 0.1  # DPO and KTO: β, how strongly the policy is tied to the reference (the frozen base).
+  p.beta = 0.1  # DPO, KTO and GRPO: β, how strongly the policy is tied to the reference (the frozen starting policy); GRPO: the KL penalty's weight.
   p.simpo_beta = 2.0  # SimPO: β, the scale of the length-normalised reward.
   p.simpo_gamma = 0.5  # SimPO: γ, the target reward margin (nats per token times β).
   p.orpo_lambda = 0.1  # ORPO: λ, the weight of the log-odds-ratio term beside the chosen answers' NLL.
   p.kto_lambda_d = 1.0  # KTO: λ_D, the weight of desirable answers.
   p.kto_lambda_u = 1.0  # KTO: λ_U, the weight of undesirable answers.
+  p.group_size = 4  # GRPO: G, answers sampled per prompt (a step has post.batch_size prompts x G rows); >= 2.
+  p.grpo_epsilon = 0.2  # GRPO: ε, the clip range of the probability ratio π_θ/π_old.
+  p.grpo_updates = 1  # GRPO: μ, optimizer steps per sampled batch (the clip acts from the second).
+  p.temperature = 1.0  # GRPO: sampling temperature (top-p 1).
+  p.max_new_tokens = 0  # GRPO: tokens sampled per answer at most; 0 = post.difficulty + 2.
+  p.teacher = ''  # distill: the teacher run folder (the same tokenizer and vocab_size as post.base).
+  p.distill_temperature = 2.0  # distill: τ of the softened distributions (the loss is scaled by τ²).
   p.eval_prompts = 64  # Held-out prompts decoded greedily for exact match and reward (before, at evals and after).
   p.eval_every = 0  # Steps between held-out evaluations; 0 = only before and after training.
   p.log_every = 10  # Steps between console/TensorBoard train logs.
   p.checkpoint_every = 0  # Steps between checkpoints; 0 = only at the end.
   p.seed = 0  # Seeds the task draws (training batches and the held-out set).
+  p.peft = 'none'  # 'none' (every parameter trains), 'lora', 'qlora' (NF4 base), 'dora' or 'ia3': adapters on the frozen base (train/peft.py).
+  p.lora_rank = 8  # LoRA/QLoRA/DoRA: r, the adapters' rank (r·(d+k) numbers per adapted d x k kernel and layer).
+  p.lora_alpha = 16.0  # LoRA/QLoRA/DoRA: α; the update is (α/r)·A B.
+  p.lora_targets = 'attn,mlp'  # LoRA/QLoRA/DoRA: kernels to adapt: 'attn' (q,k,v,o), 'mlp' (gate,up,down) or single names, comma-separated.
+  p.qlora_block = 64  # QLoRA: weights per NF4 absmax scale, along each kernel's contraction dimension.
   return c

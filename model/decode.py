@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from model import qat
 from model.transformer import attention_class
 
 
@@ -72,8 +73,10 @@ def forward_cached(model, tokens_BS, cache: dict, pos_B):
   """S new tokens per row at positions pos_B[b] + 0..S-1: -> (logits_BSV float32, new cache).
 
   Prefill is the call with pos_B = 0 and the padded prompts; a decode step is
-  S = 1 at each row's next position. Rows must satisfy pos_B[b] + S <= T.
+  S = 1 at each row's next position. Rows must satisfy pos_B[b] + S <= T. A
+  model.qat run decodes with its fake-quantized weights, as it trained.
   """
+  model = qat.fake_quantized(model, getattr(model.cfg, 'qat', 'none'))
   n_lead, n_periods, n_tail = model.layout
 
   def block_decode(block, x_BSD, c):

@@ -3,7 +3,8 @@
 Pre-norm blocks (RMSNorm), rotary position embeddings, grouped-query attention
 through `jax.nn.dot_product_attention`, SwiGLU MLP; the L blocks are one
 stacked module applied with `nnx.scan`, so compile time does not grow with
-depth. Parameters are float32; activations use `compute_dtype`.
+depth (on CPU the scan unrolls up to 16 layers: `scan_unroll`). Weight
+matmuls are 2-D (`dense`). Parameters are float32; activations use `compute_dtype`.
 
 Mixture-of-Experts configs (model/moe.py) replace the MLP of chosen layers:
 the n = moe_first_dense leading dense blocks are one stack, then P periods of
@@ -37,12 +38,17 @@ L layers, P MoE periods; MLA: C kv latent rank, Q query latent rank, R RoPE
 head size, J = K + R query/key head size.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from model import moe as moe_lib
+from model import qat
 from model.sharding import constrain
+
+CPU_UNROLL_MAX_LAYERS = 16  # Auto scan_unroll on CPU: stacks up to this deep run without a loop.
 
 REMAT_POLICIES = {
     'full': None,  # Save nothing inside a block: recompute it all on the backward pass.
@@ -102,6 +108,19 @@ def _param(rngs: nnx.Rngs, init, shape, names, std=None):
 
 def _normal(std):
   return jax.nn.initializers.normal(std)
+
+
+def dense(x, w, n_in: int = 1):
+  """x (..., *I) times w (*I, *O), contracting the n_in axes I: -> (..., *O).
+
+  One 2-D matmul with every leading axis of x folded into its rows (a free
+  reshape): XLA's CPU backend otherwise transposes the activations for each
+  weight gradient of a (B, T, ...) matmul, about a third of a CPU train step
+  (benchmarks/bench_reference.py); other backends see the same dot.
+  """
+  lead, inner, out = x.shape[:x.ndim - n_in], x.shape[x.ndim - n_in:], w.shape[n_in:]
+  rows, k = math.prod(lead), math.prod(inner)
+  return (x.reshape(rows, k) @ w.reshape(k, math.prod(out))).reshape(*lead, *out)
 
 
 class RMSNorm(nnx.Module):
@@ -169,9 +188,9 @@ class Attention(nnx.Module):
   def _qkv(self, x_BTD, positions_BT=None):
     """Queries, keys and values of x_BTD, normed and rotated: (q_BTHK, k_BTGK, v_BTGK)."""
     dt = x_BTD.dtype
-    q_BTHK = jnp.einsum('btd,dhk->bthk', x_BTD, self.wq_DHK[...].astype(dt))
-    k_BTGK = jnp.einsum('btd,dgk->btgk', x_BTD, self.wk_DGK[...].astype(dt))
-    v_BTGK = jnp.einsum('btd,dgk->btgk', x_BTD, self.wv_DGK[...].astype(dt))
+    q_BTHK = dense(x_BTD, self.wq_DHK[...].astype(dt))
+    k_BTGK = dense(x_BTD, self.wk_DGK[...].astype(dt))
+    v_BTGK = dense(x_BTD, self.wv_DGK[...].astype(dt))
     if self.q_norm is not None:
       q_BTHK, k_BTGK = self.q_norm(q_BTHK), self.k_norm(k_BTGK)
     q_BTHK = rope(q_BTHK, self.rope_theta, positions_BT)
@@ -179,7 +198,7 @@ class Attention(nnx.Module):
     return q_BTHK, k_BTGK, v_BTGK
 
   def _out(self, o_BTHK):
-    return jnp.einsum('bthk,hkd->btd', o_BTHK, self.wo_HKD[...].astype(o_BTHK.dtype))
+    return dense(o_BTHK, self.wo_HKD[...].astype(o_BTHK.dtype), n_in=2)
 
   def __call__(self, x_BTD):
     q_BTHK, k_BTGK, v_BTGK = self._qkv(x_BTD)
@@ -330,9 +349,10 @@ class MLP(nnx.Module):
 
   def __call__(self, x_BTD):
     dt = x_BTD.dtype
-    h_BTF = jax.nn.silu(x_BTD @ self.gate_DF[...].astype(dt)) * (x_BTD @ self.up_DF[...].astype(dt))
+    h_BTF = (jax.nn.silu(dense(x_BTD, self.gate_DF[...].astype(dt))) *
+             dense(x_BTD, self.up_DF[...].astype(dt)))
     h_BTF = constrain(h_BTF, ('batch', 'seq', 'act_mlp'))
-    return h_BTF @ self.down_FD[...].astype(dt)
+    return dense(h_BTF, self.down_FD[...].astype(dt))
 
 
 class Block(nnx.Module):
@@ -383,12 +403,43 @@ def _block_fn(cfg):
   return nnx.remat(apply_block, policy=REMAT_POLICIES[cfg.remat])
 
 
+def _platform() -> str:
+  """The platform the model is traced for: the current mesh's devices (AOT: the target), else JAX's default."""
+  device = getattr(jax.sharding.get_abstract_mesh(), 'abstract_device', None)
+  return device.platform if device is not None else jax.default_backend()
+
+
+def scan_unroll(cfg, n: int) -> int:
+  """jax.lax.scan's `unroll` for a stack of n layers: layers per loop iteration, 0 = no loop.
+
+  model.scan_unroll = u >= 1: u layers per iteration (no loop once u >= n);
+  scan_layers=False: no loop. Auto (scan_unroll = 0): on CPU no loop up to
+  CPU_UNROLL_MAX_LAYERS layers (measured on 2 cores: the loop cost 12-14% of
+  a 4- and 8-layer step, partial unrolls 2 and 4 gained nothing, and compile
+  time grows about 0.3 s per unrolled layer), else 1; on TPU/GPU 1 (compile
+  time flat in depth).
+  """
+  if not cfg.scan_layers:
+    return 0
+  u = getattr(cfg, 'scan_unroll', 1)
+  if u:
+    return u if u < n else 0
+  return 0 if _platform() == 'cpu' and n <= CPU_UNROLL_MAX_LAYERS else 1
+
+
+def scan_unroll_errors(m) -> list[str]:
+  """Problems with model.scan_unroll."""
+  u = getattr(m, 'scan_unroll', 1)
+  if not isinstance(u, int) or isinstance(u, bool) or u < 0:
+    return [f'model.scan_unroll={u!r}: must be an integer >= 0 (0 = auto: CPU unrolls, TPU/GPU 1)']
+  return []
+
+
 def _scan(fn, stack, x_BTD, cfg):
   """x = fn(module, x) over a stack's modules in order; -> (x_BTD, aux stacked on a new axis 0)."""
-  # scan_layers=False fully unrolls the same stacked parameters (for FLOP checks).
+  n = jax.tree.leaves(nnx.state(stack, nnx.Param))[0].shape[0]
   scan = nnx.scan(fn, in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0),
-                  transform_metadata={nnx.PARTITION_NAME: None},
-                  unroll=1 if cfg.scan_layers else True)
+                  transform_metadata={nnx.PARTITION_NAME: None}, unroll=scan_unroll(cfg, n))
   return scan(stack, x_BTD)
 
 
@@ -445,7 +496,7 @@ class Transformer(nnx.Module):
     """The final norm and the output head (times 1/m under µP): x_BTD -> logits_BTV float32."""
     x_BTD = self.final_norm(x_BTD)
     head_DV = self.embed_VD[...].T if self.head_DV is None else self.head_DV[...]
-    logits_BTV = (x_BTD @ head_DV.astype(self.compute_dtype)).astype(jnp.float32)
+    logits_BTV = dense(x_BTD, head_DV.astype(self.compute_dtype)).astype(jnp.float32)
     if self.readout_mult is not None:
       logits_BTV = logits_BTV * self.readout_mult
     return constrain(logits_BTV, ('batch', 'seq', 'vocab'))
@@ -454,9 +505,11 @@ class Transformer(nnx.Module):
     """-> (logits_BTV, aux): the MoE losses and metrics averaged over MoE layers ({} if dense).
 
     aux values are float32 scalars except 'moe_expert_load', shape (E,); see model.moe.MoE.
+    With model.qat set, every weight is fake-quantized first (model/qat.py).
     """
-    x_BTD, aux = self.residual(tokens_BT)
-    return self.logits(x_BTD), aux
+    model = qat.fake_quantized(self, getattr(self.cfg, 'qat', 'none'))
+    x_BTD, aux = model.residual(tokens_BT)
+    return model.logits(x_BTD), aux
 
   def residual(self, tokens_BT):
     """-> (x_BTD, aux): the residual stream after the last block (before the final norm), and aux."""

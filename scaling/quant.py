@@ -61,6 +61,7 @@ from flax import nnx
 from configs import cli
 from configs.load import ConfigError
 from model import sharding
+from model.qat import CONTRACTION, KEEP  # Which axes each weight contracts; what stays float32.
 from model.counts import param_counts
 from scaling import points as points_lib
 from scaling import tables
@@ -71,17 +72,6 @@ from train.tokens import bits_per_byte
 DEFAULT_METHODS = ('int8', 'int4-g32', 'int4-g64', 'int4-g128', 'nf4-b64')
 GUIDE_BYTES_PER_PARAM = {'bf16': 2.0, 8: 1.0, 4: 0.5}  # The guide's rule of thumb, by bits.
 
-# Parameter name -> the letters of its shape suffix that its matmul contracts.
-CONTRACTION = {
-    'embed_VD': 'D', 'head_DV': 'D',  # The tied head contracts the table's D.
-    'wq_DHK': 'D', 'wk_DGK': 'D', 'wv_DGK': 'D', 'wo_HKD': 'HK',
-    'wq_DHJ': 'D', 'wdq_DQ': 'D', 'wuq_QHJ': 'Q', 'wdkv_DC': 'D', 'wkr_DR': 'D',
-    'wuk_CHK': 'C', 'wuv_CHK': 'C',
-    'gate_DF': 'D', 'up_DF': 'D', 'down_FD': 'F',
-    'gate_EDF': 'D', 'up_EDF': 'D', 'down_EFD': 'F',
-    'shared_gate_DS': 'D', 'shared_up_DS': 'D', 'shared_down_SD': 'S',
-}
-KEEP = {'scale', 'router_DE'}  # Left in float32: norm scales, and routing (its top-k is fragile).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +149,7 @@ def model_params(state) -> dict[str, jax.Array]:
     name = key.rsplit('/', 1)[-1]
     if name not in CONTRACTION and name not in KEEP:
       raise ConfigError(f'parameter {key}: no quantization rule (add its contraction letters to '
-                        'scaling.quant.CONTRACTION, or its name to KEEP)')
+                        'model.qat.CONTRACTION, or its name to KEEP)')
     out[key] = v[...]
   return out
 
@@ -212,7 +202,7 @@ class Restored:
   def eval_loss(self, state) -> float:
     """Mean validation loss (nats/token) through the train loop's eval."""
     with sharding.use_mesh(self.mesh):
-      return loop.evaluate(self.program, state, self.val_batches, self.mesh)
+      return float(loop.evaluate(self.program, state, self.val_batches, self.mesh))
 
   def bpb(self, loss: float) -> float | None:
     return bits_per_byte(loss, self.val_tokens, self.val_bytes) if self.val_bytes else None
@@ -221,6 +211,9 @@ class Restored:
 def restore(workdir: str) -> Restored:
   """The run's config, newest intact checkpoint (train.generate's loader) and val split."""
   config = generate.load_run_config(workdir)
+  # A QAT run (model.qat) is evaluated on its float master weights here, so each method below
+  # quantizes them once (the run's own eval, fake-quantized, is its QAT number).
+  config.model.qat = 'none'
   step, program, state = generate.restore_state(workdir, config)
   d = config.data
   splits = data_lib.prepare_splits(config)

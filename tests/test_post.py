@@ -1,4 +1,5 @@
-"""Tests of train/post.py: its batches and checks, SFT then DPO on conftest's byte_run, bad input."""
+"""Tests of train/post.py: its batches and checks, SFT then DPO and LoRA SFT on conftest's byte_run,
+bad input."""
 
 import json
 import math
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from train import config_check, generate, post
+from train import config_check, generate, post, tasks
 from train.tokenizer import ByteTokenizer
 
 from conftest import run_cli_error
@@ -38,7 +39,7 @@ def _prompts(batch, rows):
 
 def test_pair_and_kto_batches_line_up_their_rows():
   p = _post('unused', method='dpo', batch_size=4).post
-  batch = post.pair_batch(np.random.default_rng(0), p, BYTE, 32)
+  batch = tasks.pair_batch(np.random.default_rng(0), p, BYTE, 32)
   assert batch['inputs'].shape == (8, 32)
   chosen, rejected = _answers(batch, range(4)), _answers(batch, range(4, 8))
   assert _prompts(batch, range(4)) == _prompts(batch, range(4, 8))  # Same prompt, two answers.
@@ -46,7 +47,7 @@ def test_pair_and_kto_batches_line_up_their_rows():
   for prompt, answer in zip(_prompts(batch, range(4)), chosen):
     assert prompt.startswith('Q:') and prompt.endswith('\nA:') and answer.isdigit()
 
-  kto = post.kto_batch(np.random.default_rng(0), p, BYTE, 32)
+  kto = tasks.kto_batch(np.random.default_rng(0), p, BYTE, 32)
   labelled, kl = _answers(kto, range(4)), _answers(kto, range(4, 8))
   assert kl == labelled[1:] + labelled[:1]  # Row 4 + i: prompt i with the answer of i + 1.
   assert _prompts(kto, range(4)) == _prompts(kto, range(4, 8))
@@ -55,7 +56,7 @@ def test_pair_and_kto_batches_line_up_their_rows():
 
 def test_the_stream_is_a_function_of_the_step_and_checkpoints_it():
   p = _post('unused').post
-  stream = post.TaskStream(p, BYTE, 32)
+  stream = tasks.TaskStream(p, BYTE, 32)
   first, second = next(stream), next(stream)
   assert stream.get_state() == b'{"step": 2}'
   stream.set_state(b'{"step": 1}')
@@ -109,6 +110,57 @@ def test_dpo_after_sft_starts_at_log_2_and_runs(sft_run, tmp_path):
   assert losses[0] == pytest.approx(math.log(2), abs=1e-5)
   assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
   assert summary['method'] == 'dpo' and summary['base_step'] == 8
+
+
+def test_lora_sft_raises_the_answer_likelihood_and_reports_what_trains(sft_run, byte_run, tmp_path):
+  summary = post.run(_post(byte_run, method='sft', steps=8, lr=3e-3, peft='lora'),
+                     str(tmp_path / 'lora'))
+  assert summary['eval_answer_nll'] < summary['eval_answer_nll_before'] - 0.5
+  lora, full = summary['trainable'], sft_run[1]['trainable']
+  # r = 8 and L = 2 on D 64, H·K 64, G·K 32, F 128: r·(d+k) for q, o (64+64), k, v (64+32),
+  # gate, up, down (64+128).
+  assert lora['params'] == lora['params_closed_form'] == 2 * 8 * (2 * 128 + 2 * 96 + 3 * 192)
+  assert [s['params'] == s['closed_form'] for s in lora['sites']] == [True] * 7
+  total = summary['params_total']
+  assert full['params'] == full['params_closed_form'] == total and lora['params'] < total / 6
+  # Adam's two moments (float32) of what trains, plus a few step counters; the base has none.
+  for t in (lora, full):
+    assert 8 * t['params'] <= t['optimizer_state_bytes'] < 8 * t['params'] + 64
+  assert lora['frozen_bytes'] == 4 * total and full['frozen_bytes'] == 0
+  assert full['guide_full_ft_bytes'] == 16 * total
+  lora_mem, full_mem = lora['train_step_memory'], full['train_step_memory']
+  assert 0 < lora_mem['argument_size'] < full_mem['argument_size']
+  assert 0 < lora_mem['peak_estimate'] < full_mem['peak_estimate']
+
+
+def test_distill_moves_the_student_towards_the_teacher(sft_run, byte_run, tmp_path, capsys):
+  teacher, _ = sft_run  # SFT'd 8 steps from byte_run; the student is byte_run itself.
+  summary = post.run(_post(byte_run, method='distill', teacher=teacher, steps=6, lr=3e-3),
+                     str(tmp_path / 'distill'))
+  with open(tmp_path / 'distill' / 'curve.json') as f:
+    losses = [r['train_loss'] for r in json.load(f)]
+  assert losses[-1] < losses[0] - 0.5  # τ² x forward KL to the teacher, nats per answer token.
+  assert summary['eval_answer_nll'] < summary['eval_answer_nll_before'] - 0.5
+  assert summary['teacher']['run'] == os.path.abspath(teacher)
+  assert summary['teacher']['answer_nll'] < summary['eval_answer_nll_before']
+
+  def err(**kw):
+    return run_cli_error(lambda argv: post.run(_post(byte_run, method='distill', **kw),
+                                               str(tmp_path / 'bad')) and 0, [], capsys)
+  assert 'post.teacher is empty' in err()
+  assert "post.teacher='" in err(teacher=str(tmp_path / 'none')) and 'no such folder' in err(
+      teacher=str(tmp_path / 'none'))
+
+
+def test_a_peft_run_is_refused_as_a_base(byte_run, tmp_path, capsys):
+  os.makedirs(tmp_path / 'lora')
+  config = generate.load_run_config(byte_run)
+  config.post.update(base=byte_run, peft='lora')
+  with open(tmp_path / 'lora' / 'config.json', 'w') as f:
+    f.write(config.to_json())
+  err = run_cli_error(lambda argv: post.run(_post(str(tmp_path / 'lora')), str(tmp_path / 'w'))
+                      and 0, [], capsys)
+  assert "post.peft='lora' run" in err and 'post.base=' in err
 
 
 def test_bad_base_runs_get_one_line(byte_run, tmp_path, capsys):

@@ -46,6 +46,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import sys
 
 import grain
@@ -350,8 +351,9 @@ def _root_cause(e: BaseException) -> str:
   while (e.__cause__ or e.__context__) is not None:
     e = e.__cause__ or e.__context__
   lines = str(e).strip().splitlines()
-  text = lines[0] if lines else ''
-  if len(text) > 400:  # Keep the end: TensorStore puts the errno there.
+  # TensorStore appends its whole JSON spec ([tensorstore_spec='...']) after the reason: drop it.
+  text = re.sub(r"\s*\[tensorstore_spec=.*$", '', lines[0]) if lines else ''
+  if len(text) > 400:  # Keep the end: TensorStore puts the reason and errno there.
     text = text[:200] + ' ... ' + text[-200:]
   return f'{type(e).__name__}: {text}'
 

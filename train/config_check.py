@@ -13,9 +13,11 @@ import ml_collections
 from flax import nnx
 
 from configs.load import ConfigError  # noqa: F401  (re-exported: the error of every config check)
-from model import moe, sharding
+from model import moe, qat, sharding
 from model.counts import planned_steps
-from model.transformer import Transformer, attention_errors, parameterization_errors
+from model.transformer import (Transformer, attention_errors, parameterization_errors,
+                               scan_unroll_errors)
+from train import peft
 from train import replicas
 from train import tasks
 from train.optim import DECAY_SHAPES
@@ -27,7 +29,7 @@ TOKENIZERS = ('byte', 'bpe')
 ATTENTION_IMPLS = ('xla', 'cudnn', None)
 NONFINITE_POLICIES = ('stop', 'skip')
 SCHEDULES = ('cosine', 'wsd')
-POST_METHODS = ('sft', 'dpo', 'orpo', 'simpo', 'kto')  # python -m train.post
+POST_METHODS = ('sft', 'dpo', 'orpo', 'simpo', 'kto', 'grpo', 'distill')  # python -m train.post
 
 
 def _positive_ints(c, section: str, keys, errors):
@@ -67,6 +69,7 @@ def model_errors(m) -> list[str]:
   _choice(c, 'model', 'attention_impl', ATTENTION_IMPLS, errors)
   if not errors:
     errors += moe.moe_errors(m) + attention_errors(m) + parameterization_errors(m)
+    errors += scan_unroll_errors(m) + qat.qat_errors(m)
   return errors
 
 
@@ -199,7 +202,7 @@ def post_errors(p) -> list[str]:
   errors = []
   c = {'post': p}
   _choice(c, 'post', 'method', POST_METHODS, errors)
-  names = [t.strip() for t in str(p.tasks).split(',') if t.strip()]
+  names = tasks.task_names(p.tasks)
   unknown = [t for t in names if t not in tasks.TASKS]
   if not names or unknown:
     errors.append(f'post.tasks={p.tasks!r}: must be comma-separated names from '
@@ -208,17 +211,22 @@ def post_errors(p) -> list[str]:
           tasks.MIN_DIFFICULTY <= p.difficulty <= tasks.MAX_DIFFICULTY):
     errors.append(f'post.difficulty={p.difficulty!r}: must be an integer in '
                   f'[{tasks.MIN_DIFFICULTY}, {tasks.MAX_DIFFICULTY}]')
-  _positive_ints(c, 'post', ('steps', 'batch_size', 'eval_prompts', 'log_every'), errors)
-  for k in ('seq_len', 'eval_every', 'checkpoint_every', 'seed'):
+  _positive_ints(c, 'post', ('steps', 'batch_size', 'eval_prompts', 'log_every', 'grpo_updates'),
+                 errors)
+  if not isinstance(p.group_size, int) or isinstance(p.group_size, bool) or p.group_size < 2:
+    errors.append(f'post.group_size={p.group_size!r}: must be an integer >= 2 (GRPO normalises '
+                  'rewards within a group)')
+  for k in ('seq_len', 'eval_every', 'checkpoint_every', 'seed', 'max_new_tokens'):
     if not isinstance(p[k], int) or p[k] < 0:
       errors.append(f'post.{k}={p[k]!r}: must be an integer >= 0')
-  for k in ('lr', 'beta', 'simpo_beta', 'kto_lambda_d', 'kto_lambda_u'):
+  for k in ('lr', 'beta', 'simpo_beta', 'kto_lambda_d', 'kto_lambda_u', 'grpo_epsilon',
+            'temperature', 'distill_temperature'):
     if not (math.isfinite(p[k]) and p[k] > 0):
       errors.append(f'post.{k}={p[k]!r}: must be > 0')
   for k in ('simpo_gamma', 'orpo_lambda'):
     if not (math.isfinite(p[k]) and p[k] >= 0):
       errors.append(f'post.{k}={p[k]!r}: must be >= 0')
-  return errors
+  return errors + peft.peft_errors(p)
 
 
 def raise_if(errors: list[str]) -> None:

@@ -181,7 +181,7 @@ def measure_step_flops(config, mesh, stage: str = 'lowered', verify: bool = Fals
 
   Keys: flops_xla (hardware FLOPs per step, remat recomputation included),
   flops_xla_model (same with remat off), flops_xla_per_device, flops_xla_uncorrected
-  (the config as-is; a scanned stack counts one layer), flops_per_layer,
+  (the config scanned with model.scan_unroll=1: the loop's body counts one layer), flops_per_layer,
   flops_outside_layers, breakdown (per-step FLOPs by op category), transcendentals,
   method, stage, n_devices, remat, and verify_* when asked.
   `model_flops=False` skips the remat-off programs (flops_xla_model then equals
@@ -220,7 +220,8 @@ def measure_step_flops(config, mesh, stage: str = 'lowered', verify: bool = Fals
     out['flops_xla_model'] = model_total['flops']
     out['method'] += '; model FLOPs: the same with model.remat=none'
   if uncorrected:
-    out['flops_xla_uncorrected'] = (_measure_one(config, mesh, stage)['flops']
+    # One loop iteration per layer (CPU's auto scan_unroll would unroll it): XLA counts one layer.
+    out['flops_xla_uncorrected'] = (_measure_one(_variant(config, scan_unroll=1), mesh, stage)['flops']
                                     if config.model.scan_layers or verify else total['flops'])
   if verify:
     full = _measure_one(_variant(config, scan_layers=False), mesh, stage)['flops']

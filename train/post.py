@@ -1,42 +1,51 @@
 """python -m train.post --config FILE --workdir DIR --config.post.base=RUN --config.post.method=M [...]
 
 Post-training of a pre-trained run on the verifiable tasks of train/tasks.py:
-SFT (the answers' NLL) or a preference loss of train/prefs.py (DPO, ORPO,
-SimPO, KTO), measured by greedy decoding of held-out prompts (exact match and
-reward) before and after.
+SFT (the answers' NLL), a preference loss of train/prefs.py (DPO, ORPO, SimPO,
+KTO), GRPO (train/rl.py) or distillation from post.teacher's logits, each the
+loss of train/objectives.py, on every parameter or on adapters of a frozen
+base (post.peft: LoRA, QLoRA, DoRA, (IA)³; train/peft.py); measured by greedy
+decoding of held-out prompts (exact match and reward) before and after.
 
 - Start and reference: post.base's newest intact checkpoint, on one device
   (train.generate.restore_state); the model is its config.json's, the
-  tokenizer the one its summary.json names. DPO and KTO compare with the
-  frozen base as π_ref; SFT, ORPO and SimPO use no reference. The optimizer
-  state starts afresh (AdamW moments at zero).
+  tokenizer the one its summary.json names. DPO, KTO and GRPO compare with
+  the starting policy, frozen, as π_ref (under post.peft the adapted model at
+  init, which is the base, NF4-rounded under qlora); SFT, ORPO and SimPO use
+  no reference; distill reads post.teacher's newest checkpoint (the same
+  tokenizer and vocabulary). The optimizer state starts afresh (AdamW moments
+  at zero) and covers only what trains: every nnx.Param, or the adapters.
 - Only the `post` block is read from --config; the run's config is the
   base's with optim.lr = post.lr, a cosine schedule with warmup
   optim.warmup_fraction of train.steps = post.steps, data.seq_len =
   post.seq_len (0: the base's), and data.global_batch_size the rows of a step.
-- Batches: step s draws from numpy's generator seeded by (post.seed, s), from
-  the training split, so the data position is the step alone. sft packs
-  examples into post.batch_size windows with the answer mask; dpo, orpo and
-  simpo take post.batch_size pairs, the chosen rows then the rejected rows,
-  one example per row; kto takes post.batch_size labelled answers, then as
-  many mismatched rows (prompt i, answer of i + 1) for the KL reference point.
+- Batches: train/tasks.py's TaskStream (the data position is the step), or
+  for grpo train/rl.py's GroupStream, which samples each batch from the policy.
 - Evaluation: post.eval_prompts held-out prompts (a fixed set), decoded
   greedily (model/decode.py) before training, every post.eval_every steps and
   at the end; also the answers' NLL (nats per answer token) under teacher forcing.
 - Outputs in --workdir, as python -m train writes them: config.json (so
   `python -m train.generate --workdir DIR` continues prompts with the new
   model), TensorBoard events (train/: loss, lr, grad_norm and the method's
-  margins; eval/: answer_nll, exact_match, reward, exact_match_<task>),
+  metrics: margins, KTO's reference point, GRPO's sampled reward, kl and
+  clip_fraction; eval/: answer_nll, exact_match, reward, exact_match_<task>),
   curve.json, checkpoints/ (model and optimizer) and summary.json: method,
   base, base_step, steps, tokens (steps x rows x seq_len, padding included),
   final_train_loss, eval_answer_nll, exact_match, mean_reward,
   exact_match_by_task (each with a `_before` twin, the base's), samples,
-  params_*, wall_seconds, data, config. Rerunning the same command resumes
-  from the newest checkpoint (the data position is the step).
+  params_*, `trainable` (what trains, measured and by closed form; optimizer
+  state bytes; the compiled step's memory_analysis() against the guide's 16
+  B/param of full fine-tuning), for grpo `grpo_timing`, for distill
+  `teacher` (its held-out scores), wall_seconds, data, config. Rerunning the
+  same command resumes from the newest checkpoint (the data position is the
+  step). A post.peft run's checkpoints hold the adapted model, which neither
+  train.generate nor a further post-training loads (`peft.merge` folds it).
 
-Bad input (an unknown method or task, a missing base run, a base without a
-checkpoint or tokenizer, examples longer than post.seq_len, a workdir that
-holds another post-training run) gets one message naming the key, exit status 2.
+Bad input (an unknown method, task or PEFT kind, a missing base or teacher run,
+one without a checkpoint or tokenizer, a teacher of another tokenizer,
+examples longer than post.seq_len, a LoRA target that names no layer, rank 0
+or negative, a workdir that holds another post-training run) gets one
+message naming the key, exit status 2.
 """
 
 import json
@@ -59,26 +68,27 @@ from model.counts import param_counts
 from train import checkpoint as ckpt_lib
 from train import config_check
 from train import generate
+from train import objectives
 from train import optim
-from train import prefs
+from train import peft
+from train import rl
 from train import tasks
 from train.config_check import ConfigError
 from train.metrics import Reporter, write_json_atomic
 
-WITH_REFERENCE = ('dpo', 'kto')  # Losses that compare with the frozen base.
+GUIDE_FULL_FT_BYTES_PER_PARAM = 16  # The guide's full fine-tuning bytes (scaling/memory.py's sum).
 RESUME_FREE = ('eval_every', 'log_every', 'checkpoint_every')  # post.* that may change on resume.
 N_SAMPLES = 4  # Held-out completions kept in summary.json and shown on the console.
+LOGGED = ('margin', 'pref_accuracy', 'kl_reference_point', 'reward', 'kl', 'clip_fraction')
 
 
 # ---- Config.
 
-def task_names(p) -> tuple[str, ...]:
-  return tuple(t.strip() for t in p.tasks.split(',') if t.strip())
-
-
 def rows_per_step(p) -> int:
-  """Rows of a step's batch: windows (sft), or twice post.batch_size (pairs; kto with KL rows)."""
-  return p.batch_size if p.method == 'sft' else 2 * p.batch_size
+  """Rows of a step: windows (sft, distill), prompts x group (grpo), else 2 x post.batch_size."""
+  if p.method in ('sft', 'distill'):
+    return p.batch_size
+  return p.batch_size * p.group_size if p.method == 'grpo' else 2 * p.batch_size
 
 
 def run_config(post, base_config) -> ml_collections.ConfigDict:
@@ -118,126 +128,18 @@ def _check_workdir(workdir: str, config) -> None:
                       f'({", ".join(keys)} differ); use a new --workdir or the same settings')
 
 
-# ---- Batches.
-
-def _examples(rng, p):
-  """Training examples drawn from `rng`, without end."""
-  while True:
-    yield tasks.draw(task_names(p), p.difficulty, rng)
-
-
-def _take(rng, p, n: int) -> list[tasks.Example]:
-  it = _examples(rng, p)
-  return [next(it) for _ in range(n)]
-
-
-def sft_batch(rng, p, tok, seq_len: int) -> dict:
-  """post.batch_size windows packed with training examples, with the answer mask."""
-  encoded = (tasks.encode(tok, ex.prompt, ex.answer) for ex in _examples(rng, p))
-  batch = tasks.pack(encoded, p.batch_size, seq_len, tok.eos_id)
-  del batch['examples']
-  return batch
-
-
-def pair_batch(rng, p, tok, seq_len: int) -> dict:
-  """post.batch_size preference pairs: rows 0..B-1 the chosen answers, B..2B-1 the rejected."""
-  pairs = [tasks.preference_pair(ex, rng) for ex in _take(rng, p, p.batch_size)]
-  encoded = ([tasks.encode(tok, q.prompt, q.chosen) for q in pairs] +
-             [tasks.encode(tok, q.prompt, q.rejected) for q in pairs])
-  return tasks.rows_batch(encoded, seq_len, tok.eos_id)
-
-
-def kto_batch(rng, p, tok, seq_len: int) -> dict:
-  """B labelled answers (rows 0..B-1, 'desirable' (B,)), then B mismatched rows for the KL point."""
-  items = [tasks.kto_example(ex, rng) for ex in _take(rng, p, p.batch_size)]
-  shifted = items[1:] + items[:1]
-  encoded = ([tasks.encode(tok, x.prompt, x.completion) for x in items] +
-             [tasks.encode(tok, x.prompt, y.completion) for x, y in zip(items, shifted)])
-  batch = tasks.rows_batch(encoded, seq_len, tok.eos_id)
-  batch['desirable'] = np.array([x.desirable for x in items])
-  return batch
-
-
-class TaskStream:
-  """The training batches; the data position is the next step (the checkpointed iterator state)."""
-
-  def __init__(self, p, tok, seq_len: int):
-    self.p, self.tok, self.seq_len, self.step = p, tok, seq_len, 0
-    self.make = sft_batch if p.method == 'sft' else kto_batch if p.method == 'kto' else pair_batch
-
-  def __next__(self) -> dict:
-    rng = np.random.default_rng([self.p.seed, self.step])
-    try:
-      batch = self.make(rng, self.p, self.tok, self.seq_len)
-    except ValueError as e:
-      raise ConfigError(f'post.seq_len={self.seq_len}: {e}; raise post.seq_len or lower '
-                        f'post.difficulty={self.p.difficulty}') from None
-    self.step += 1
-    return batch
-
-  def get_state(self) -> bytes:
-    return json.dumps({'step': self.step}).encode()
-
-  def set_state(self, state) -> None:
-    self.step = json.loads(state)['step']
-
-  def start_prefetch(self) -> None:  # Called by grain's restore; nothing runs ahead here.
-    pass
-
-
-# ---- Losses: (model, batch, reference state) -> (loss, metrics).
-
-def answer_logprobs(model, batch):
-  """(logp_B, n_B): each row's summed answer log-probability (nats) and answer token count."""
-  logits_BTV, _ = model.forward(batch['inputs'])
-  return prefs.sequence_logprobs(logits_BTV, batch['targets'], batch['mask'])
-
-
-def make_loss(p, ref_graphdef):
-  """The method's loss of (model, batch, ref_state); ref_state is the frozen base's (or None)."""
-
-  def reference(ref_state, batch):
-    return jax.lax.stop_gradient(answer_logprobs(nnx.merge(ref_graphdef, ref_state), batch)[0])
-
-  def sft(model, batch, ref_state):
-    logp, n = answer_logprobs(model, batch)
-    return -jnp.sum(logp) / jnp.maximum(jnp.sum(n), 1.0), {}
-
-  def paired(model, batch, ref_state):
-    logp, n = answer_logprobs(model, batch)
-    B = logp.shape[0] // 2
-    (w, l), (n_w, n_l) = (logp[:B], logp[B:]), (n[:B], n[B:])
-    if p.method == 'dpo':
-      ref = reference(ref_state, batch)
-      loss = prefs.dpo_loss(w, l, ref[:B], ref[B:], p.beta)
-    elif p.method == 'orpo':
-      loss = prefs.orpo_loss(w, n_w, l, n_l, p.orpo_lambda)
-    else:
-      loss = prefs.simpo_loss(w, n_w, l, n_l, p.simpo_beta, p.simpo_gamma)
-    margin_B = w / n_w - l / n_l  # Nats per token, chosen minus rejected.
-    return loss, {'margin': jnp.mean(margin_B), 'pref_accuracy': jnp.mean(margin_B > 0)}
-
-  def kto(model, batch, ref_state):
-    logp, _ = answer_logprobs(model, batch)
-    ref = reference(ref_state, batch)
-    B = logp.shape[0] // 2
-    z_ref = prefs.kto_reference_point(logp[B:], ref[B:])
-    loss = prefs.kto_loss(logp[:B], ref[:B], batch['desirable'], z_ref, p.beta, p.kto_lambda_d,
-                          p.kto_lambda_u)
-    return loss, {'kl_reference_point': z_ref}
-
-  return {'sft': sft, 'kto': kto}.get(p.method, paired)
-
-
-def make_train_step(graphdef, loss, sched, state_sharding):
+def make_train_step(graphdef, loss, sched, state_sharding, wrt=nnx.Param):
   """Jitted (state, ref_state, batch) -> (state, metrics); donates state.
 
-  The new state keeps `state_sharding`, so the step compiles once.
+  Gradients are taken with respect to the `wrt` Variables only (every Param,
+  or peft.Adapter: the frozen rest is a constant of the program). The new
+  state keeps `state_sharding`, so the step compiles once.
   """
 
   def train_step(state, ref_state, batch):
     model, opt = nnx.merge(graphdef, state)
-    (value, metrics), grads = nnx.value_and_grad(loss, has_aux=True)(model, batch, ref_state)
+    grad_fn = nnx.value_and_grad(loss, argnums=nnx.DiffState(0, wrt), has_aux=True)
+    (value, metrics), grads = grad_fn(model, batch, ref_state)
     lr = sched(opt.step[...])
     grad_norm = optax.global_norm(grads)
     opt.update(model, grads)
@@ -253,7 +155,8 @@ class Evaluator:
 
   def __init__(self, p, tok, seq_len: int):
     self.tok, self.generator, self.nll = tok, None, None
-    self.examples = tasks.draw_many(p.eval_prompts, task_names(p), p.difficulty, p.seed, 'eval')
+    self.examples = tasks.draw_many(p.eval_prompts, tasks.task_names(p.tasks), p.difficulty,
+                                    p.seed, 'eval')
     encoded = [tasks.encode(tok, ex.prompt, ex.answer) for ex in self.examples]
     try:
       self.batch = tasks.rows_batch(encoded, seq_len, tok.eos_id)
@@ -265,12 +168,16 @@ class Evaluator:
 
   def __call__(self, graphdef, state) -> dict:
     """Scores of the (model, optimizer) state split with `graphdef` (the same at every call)."""
-    model = nnx.merge(graphdef, state)[0]
+    return self.score(nnx.merge(graphdef, state)[0])
+
+  def score(self, model) -> dict:
+    """Scores of `model` (of one structure at every call: the first one's is compiled)."""
     if self.generator is None:  # Compiled once, then pointed at each state.
       self.generator = decode.Generator(model)
-      self.nll = jax.jit(lambda s, b: answer_logprobs(nnx.merge(graphdef, s)[0], b))
-    logp_B, n_B = self.nll(state, self.batch)
+      gd = self.generator.graphdef
+      self.nll = jax.jit(lambda s, b: objectives.answer_logprobs(nnx.merge(gd, s), b))
     self.generator.state = nnx.state(model)
+    logp_B, n_B = self.nll(self.generator.state, self.batch)
     outs = self.generator.generate(self.prompts, self.max_new, eos_id=self.tok.eos_id,
                                    vocab_limit=self.tok.vocab_size)
     texts = [tasks.completion_text(self.tok, ids) for ids in outs]
@@ -300,26 +207,46 @@ def _log_eval(report: Reporter, step: int, ev: dict) -> None:
 
 # ---- The run.
 
-def _load_base(base: str):
-  """(config, tokenizer) of the run in post.base; a ConfigError naming post.base if it is none."""
-  if not os.path.isfile(os.path.join(base, 'config.json')):
-    what = 'has no config.json: not a training run' if os.path.isdir(base) else 'no such folder'
-    raise ConfigError(f'post.base={base!r}: {what}')
+def _load_run(key: str, folder: str):
+  """(config, tokenizer) of the run in `folder`; a ConfigError naming `key` if it is none."""
+  if not os.path.isfile(os.path.join(folder, 'config.json')):
+    what = 'has no config.json: not a training run' if os.path.isdir(folder) else 'no such folder'
+    raise ConfigError(f'{key}={folder!r}: {what}')
   try:
-    config = generate.load_run_config(base)
-    return config, generate.run_tokenizer(base, config)
+    config = generate.load_run_config(folder)
+    tok = generate.run_tokenizer(folder, config)
   except ConfigError as e:
-    raise ConfigError(f'post.base: {e}') from None
+    raise ConfigError(f'{key}: {e}') from None
+  if config.post.peft != 'none':
+    raise ConfigError(f'{key}={folder!r} is a post.peft={config.post.peft!r} run: its checkpoints '
+                      'hold adapters on a frozen base, which train.post does not load; give a run '
+                      'trained without post.peft')
+  return config, tok
 
 
-def _restore_base(base: str, base_config):
-  """(step, model, one-device mesh) of the base run's newest intact checkpoint."""
+def _restore_run(key: str, folder: str, config):
+  """(step, model, one-device mesh) of the run's newest intact checkpoint."""
   try:
-    step, program, state = generate.restore_state(base, base_config)
+    step, program, state = generate.restore_state(folder, config)
   except ConfigError as e:
-    raise ConfigError(f'post.base: {e}') from None
+    raise ConfigError(f'{key}: {e}') from None
   model, _ = nnx.merge(program.graphdef, state)
   return step, model, program.batch_sharding.mesh
+
+
+def _teacher(p, tok, base_config):
+  """The distillation teacher: post.teacher's newest model (same tokenizer and vocabulary)."""
+  if not p.teacher:
+    raise ConfigError("post.teacher is empty: post.method='distill' needs the teacher run folder "
+                      '(--config.post.teacher=DIR)')
+  config, teacher_tok = _load_run('post.teacher', p.teacher)
+  mine = (tok.name, base_config.model.vocab_size)
+  theirs = (teacher_tok.name, config.model.vocab_size)
+  if mine != theirs:
+    raise ConfigError(f'post.teacher={p.teacher!r}: tokenizer {theirs[0]!r} and vocab_size '
+                      f'{theirs[1]}, but post.base has {mine[0]!r} and {mine[1]}; distillation '
+                      'matches logits token by token, so both need the same')
+  return _restore_run('post.teacher', p.teacher, config)[1]
 
 
 def _log_train(report: Reporter, config, step: int, m: dict, rows_tokens: int) -> float:
@@ -331,8 +258,7 @@ def _log_train(report: Reporter, config, step: int, m: dict, rows_tokens: int) -
   report.scalars(step, m, 'train')
   report.curve_row({'step': step, 'tokens': step * rows_tokens, 'train_loss': m['loss'],
                     'eval_loss': None})
-  extra = ''.join(f' | {k} {m[k]:.4f}' for k in ('margin', 'pref_accuracy', 'kl_reference_point')
-                  if k in m)
+  extra = ''.join(f' | {k} {m[k]:.4f}' for k in LOGGED if k in m)
   report.console(f'step {step}/{config.train.steps} | {config.post.method} loss {m["loss"]:.4f}'
                  f'{extra} | lr {m["lr"]:.2e} | grad norm {m["grad_norm"]:.3f}')
   return m['loss']
@@ -343,7 +269,7 @@ def _train(config, state, ref_state, start, stream, step_fn, evaluate, report, c
   t, rows_tokens = config.train, config.data.global_batch_size * config.data.seq_len
   pending, loss = None, float('nan')  # (step, metrics on device): fetched one step late.
   for s in range(start + 1, t.steps + 1):
-    state, metrics = step_fn(state, ref_state, next(stream))
+    state, metrics = step_fn(state, ref_state, stream.draw(state, ref_state))
     if pending is not None:
       loss = _log_train(report, config, *pending, rows_tokens)
       pending = None
@@ -364,7 +290,7 @@ def _train(config, state, ref_state, start, stream, step_fn, evaluate, report, c
   return state, loss
 
 
-def _summary(config, base_step, before, after, loss, wall, tok) -> dict:
+def _summary(config, base_step, before, after, loss, wall, tok, extra: dict) -> dict:
   p = config.post
   rows_tokens = config.data.global_batch_size * config.data.seq_len
   out = {'method': p.method, 'base': os.path.abspath(p.base), 'base_step': base_step,
@@ -373,8 +299,9 @@ def _summary(config, base_step, before, after, loss, wall, tok) -> dict:
     name = 'eval_answer_nll' if key == 'answer_nll' else key
     out[name], out[f'{name}_before'] = after[key], before[key]
   out.update(samples=after['samples'], eval_prompts=p.eval_prompts,
-             **param_counts(config.model).as_dict(), wall_seconds=wall,
-             data={'tokenizer': tok.name, 'tasks': list(task_names(p)), 'difficulty': p.difficulty,
+             **param_counts(config.model).as_dict(), **extra, wall_seconds=wall,
+             data={'tokenizer': tok.name, 'tasks': list(tasks.task_names(p.tasks)),
+                   'difficulty': p.difficulty,
                    'held_out': f'crc32(prompt) % {tasks.HOLD_OUT} == 0'},
              config=json.loads(config.to_json()))
   return out
@@ -386,26 +313,35 @@ def _configure(p):
   if not p.base:
     errors.insert(0, 'post.base is empty: give the pre-trained run folder (--config.post.base=DIR)')
   config_check.raise_if(errors)
-  base_config, tok = _load_base(p.base)
+  base_config, tok = _load_run('post.base', p.base)
   config = run_config(p, base_config)
+  config_check.raise_if(peft.base_errors(p, config.model))
   config_check.validate(config, 1, check_shapes=False)
   return config, base_config, tok
 
 
-def _start_state(config, model, replicated):
-  """(graphdef, state) of the policy and a fresh optimizer; (graphdef, state) of the reference.
+def _start_state(config, model, replicated, teacher=None):
+  """(graphdef, state, ref_graphdef, ref_state, sites): the policy, adapted as post.peft says,
+  with a fresh optimizer over what trains; the frozen reference (the starting policy, or the
+  teacher; None when the method reads none); the PEFT sites.
 
   Every array is placed with the one sharding `replicated` (the restored ones
   carry the base's logical specs, the new ones none), so each jitted function
   sees the same input shardings at every call and compiles once.
   """
-  opt = nnx.Optimizer(model, optim.optimizer(config), wrt=nnx.Param)
+  p = config.post
+  try:
+    sites = peft.apply(model, p, p.seed) if p.peft != 'none' else []
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  opt = nnx.Optimizer(model, optim.optimizer(config), wrt=peft.trainable(p.peft))
   graphdef, state = nnx.split((model, opt))
-  ref_graphdef, ref_state = nnx.split(model)
-  # A copy: the train step donates the policy's arrays, the reference keeps the base's.
-  ref_state = jax.tree.map(jnp.copy, ref_state) if config.post.method in WITH_REFERENCE else None
+  ref_graphdef, ref_state = nnx.split(model if teacher is None else teacher)
+  # A copy of the policy: the train step donates its arrays, the reference keeps them.
+  if teacher is None:
+    ref_state = jax.tree.map(jnp.copy, ref_state) if p.method in objectives.WITH_REFERENCE else None
   state, ref_state = jax.device_put((state, ref_state), replicated)
-  return graphdef, state, ref_graphdef, ref_state
+  return graphdef, state, ref_graphdef, ref_state, sites
 
 
 def _resume(checkpointer, state, stream, workdir: str):
@@ -420,12 +356,41 @@ def _resume(checkpointer, state, stream, workdir: str):
   return (start, restored) if start else (0, state)
 
 
-def _report_start(report, config, tok, base_step: int, start: int, before: dict) -> None:
+def _memory(step_fn, state, ref_state, batch_spec) -> dict:
+  """The jitted step's memory_analysis(), bytes on the one device (its compile is reused by the
+  step's first call: jax caches the executable).
+
+  peak_estimate = arguments + outputs - aliased (the donated state) + temporaries
+  (train.cost.measure_memory's sum).
+  """
+  m = step_fn.lower(state, ref_state, batch_spec).compile().memory_analysis()
+  get = (lambda k: getattr(m, k + '_in_bytes', 0)) if m is not None else (lambda k: 0)
+  out = {k: float(get(k)) for k in ('argument_size', 'output_size', 'alias_size', 'temp_size')}
+  out['peak_estimate'] = (out['argument_size'] + out['output_size'] - out['alias_size']
+                          + out['temp_size'])
+  return out
+
+
+def _trainable(config, step_fn, graphdef, state, ref_state, stream, sites) -> dict:
+  """summary.json's `trainable`: peft.trainable_report, the step's memory, the guide's number."""
+  total = param_counts(config.model).total
+  return {**peft.trainable_report(config.post, *nnx.merge(graphdef, state), sites, total),
+          'train_step_memory': _memory(step_fn, state, ref_state, stream.spec()),
+          'guide_full_ft_bytes': GUIDE_FULL_FT_BYTES_PER_PARAM * total}
+
+
+def _report_start(report, config, tok, base_step: int, start: int, before: dict, trainable) -> None:
   p, d = config.post, config.data
   report.console(f'{p.method} from {p.base} step {base_step} | {param_counts(config.model).total:,}'
-                 f' params | {p.steps} steps x {d.global_batch_size} rows of {d.seq_len} tokens | '
-                 f'tasks {p.tasks} (difficulty {p.difficulty}) | tokenizer {tok.name}' +
+                 f' params, {trainable["params"]:,} trained (post.peft={p.peft!r}) | {p.steps} '
+                 f'steps x {d.global_batch_size} rows of {d.seq_len} tokens | tasks {p.tasks} '
+                 f'(difficulty {p.difficulty}) | tokenizer {tok.name}' +
                  (f' | resumed from step {start}' if start else ''))
+  mem = trainable['train_step_memory']['peak_estimate']
+  report.console(f'trainable {trainable["params"]:,} (closed form '
+                 f'{trainable["params_closed_form"]:,}) | optimizer state '
+                 f'{trainable["optimizer_state_bytes"]:,} B | step peak {mem:,.0f} B (memory '
+                 f'analysis) vs {trainable["guide_full_ft_bytes"]:,} B (16 B/param, full FT)')
   report.text('config', '```\n' + str(config) + '\n```')
   if not start:
     _log_eval(report, 0, before)
@@ -442,27 +407,50 @@ def _finish(report, summary: dict, workdir: str) -> None:
                  f'{summary["mean_reward"]:.3f} | summary {os.path.join(workdir, "summary.json")}')
 
 
+def _method_extras(p, stream, teacher_scores) -> dict:
+  """summary.json's method-specific parts: grpo's timing, distill's teacher scores."""
+  if p.method == 'grpo':
+    return {'grpo_timing': stream.timing()}
+  if p.method == 'distill':
+    return {'teacher': {'run': os.path.abspath(p.teacher),
+                        **{k: teacher_scores[k] for k in ('answer_nll', 'exact_match',
+                                                          'mean_reward', 'exact_match_by_task')}}}
+  return {}
+
+
+def _stream(p, tok, seq_len: int, graphdef, ref_graphdef):
+  if p.method == 'grpo':
+    return rl.GroupStream(p, tok, seq_len, graphdef, ref_graphdef)
+  return tasks.TaskStream(p, tok, seq_len)
+
+
 def run(cli_config, workdir: str) -> dict:
   """Post-train as `cli_config.post` says, in `workdir`; -> (and writes) summary.json's contents.
 
-  Check, restore the base, score it, resume or start, train, score again, report.
+  Check, restore the base (and teacher), adapt, score, resume or start,
+  compile, train, score again, report.
   """
   config, base_config, tok = _configure(cli_config.post)
   p, steps = config.post, config.train.steps
   evaluate = Evaluator(p, tok, config.data.seq_len)
-  _check_workdir(workdir, config)
-  base_step, model, mesh = _restore_base(p.base, base_config)
+  teacher = _teacher(p, tok, base_config) if p.method == 'distill' else None
+  base_step, model, mesh = _restore_run('post.base', p.base, base_config)
   replicated = NamedSharding(mesh, PartitionSpec())  # One device.
-  graphdef, state, ref_graphdef, ref_state = _start_state(config, model, replicated)
-  stream = TaskStream(p, tok, config.data.seq_len)
+  graphdef, state, ref_graphdef, ref_state, sites = _start_state(config, model, replicated,
+                                                                 teacher)
+  _check_workdir(workdir, config)  # After the checks that need the model (PEFT targets).
+  stream = _stream(p, tok, config.data.seq_len, graphdef, ref_graphdef)
   with sharding.use_mesh(mesh):
     before = evaluate(graphdef, state)
+    teacher_scores = (Evaluator(p, tok, config.data.seq_len).score(teacher)
+                      if teacher is not None else None)
+    step_fn = make_train_step(graphdef, objectives.make_loss(p, ref_graphdef),
+                              optim.schedule(config), replicated, peft.trainable(p.peft))
+    trainable = _trainable(config, step_fn, graphdef, state, ref_state, stream, sites)
     checkpointer = ckpt_lib.Checkpointer(workdir, config.train.keep_checkpoints)
     start, state = _resume(checkpointer, state, stream, workdir)
     report = Reporter(workdir, resume_step=start)
-    _report_start(report, config, tok, base_step, start, before)
-    step_fn = make_train_step(graphdef, make_loss(p, ref_graphdef), optim.schedule(config),
-                              replicated)
+    _report_start(report, config, tok, base_step, start, before, trainable)
     t0 = time.perf_counter()
     try:
       state, loss = _train(config, state, ref_state, start, stream, step_fn,
@@ -476,7 +464,8 @@ def run(cli_config, workdir: str) -> dict:
   _log_eval(report, steps, after)
   if report.curve and report.curve[-1]['step'] == steps:
     report.curve[-1]['eval_loss'] = after['answer_nll']
-  summary = _summary(config, base_step, before, after, loss, time.perf_counter() - t0, tok)
+  extra = {'trainable': trainable, **_method_extras(p, stream, teacher_scores)}
+  summary = _summary(config, base_step, before, after, loss, time.perf_counter() - t0, tok, extra)
   _finish(report, summary, workdir)
   return summary
 

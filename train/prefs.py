@@ -3,10 +3,10 @@
 Every loss is a pure function of per-sequence numbers (shape (B,), float32):
 `logp` is log π(y|x) = Σ_t log π(y_t | x, y_<t), the summed log-probability in
 nats of an answer's tokens, and `n` its token count; `sequence_logprobs` makes
-both from a forward pass. Each returns the loss averaged over the batch (a
-float32 scalar, nats). Suffixes: _w the chosen (winning) answers, _l the
-rejected (losing) ones, policy π_θ, reference π_ref (fixed: its numbers carry no
-gradient), σ the logistic function.
+both from a forward pass (`token_logprobs`: the per-token numbers). Each returns
+the loss averaged over the batch (a float32 scalar, nats). Suffixes: _w the
+chosen (winning) answers, _l the rejected (losing) ones, policy π_θ, reference
+π_ref (fixed: its numbers carry no gradient), σ the logistic function.
 """
 
 import jax
@@ -16,17 +16,22 @@ import jax.numpy as jnp
 _MAX_MEAN_LOGP = -1e-6
 
 
+def token_logprobs(logits_BTV, targets_BT):
+  """log π(targets_BT[b, t] | inputs up to t): (B, T) nats in float32, from their logits."""
+  logits_BTV = logits_BTV.astype(jnp.float32)
+  logz_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
+  return jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0] - logz_BT
+
+
 def sequence_logprobs(logits_BTV, targets_BT, mask_BT):
   """(logp_B, n_B): summed log-probabilities (nats) of the masked targets, and their count.
 
   logits_BTV[b, t] predicts targets_BT[b, t]; mask_BT is 1 on answer tokens, 0
   elsewhere (train/tasks.py). Computed in float32.
   """
-  logits_BTV = logits_BTV.astype(jnp.float32)
-  logz_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
-  target_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
   mask_BT = mask_BT.astype(jnp.float32)
-  return jnp.sum((target_BT - logz_BT) * mask_BT, axis=-1), jnp.sum(mask_BT, axis=-1)
+  return (jnp.sum(token_logprobs(logits_BTV, targets_BT) * mask_BT, axis=-1),
+          jnp.sum(mask_BT, axis=-1))
 
 
 def dpo_loss(logp_w, logp_l, ref_logp_w, ref_logp_l, beta: float):

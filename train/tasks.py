@@ -46,14 +46,25 @@ corruption (rejected) of graded quality (its reward): 'one_wrong' (one digit
 changed), 'many_wrong' (every digit changed) or 'truncated' (the last ceil(n/2)
 of its n digits dropped). `kto_example` is one answer with a thumbs-up/down label:
 the correct answer (desirable) or a corruption (undesirable), half each.
+
+Batches (`TaskStream`, for train/post.py). Step s draws from numpy's generator
+seeded by (post.seed, s), from the training split, so the data position is the
+step alone. sft and distill pack examples into post.batch_size windows with
+the answer mask; dpo, orpo and simpo take post.batch_size pairs, the chosen
+rows then the rejected rows, one example per row; kto takes post.batch_size
+labelled answers, then as many mismatched rows (prompt i, answer of i + 1) for
+its KL reference point. (grpo samples its rows: train/rl.py.)
 """
 
 import dataclasses
+import json
 import string
 import zlib
 from collections.abc import Iterator
 
 import numpy as np
+
+from configs.load import ConfigError
 
 TASKS = ('addition', 'sorting', 'copying', 'recall')
 CORRUPTIONS = ('one_wrong', 'many_wrong', 'truncated')
@@ -116,6 +127,11 @@ def _question(task: str, rng: np.random.Generator, n: int) -> tuple[str, str]:
     pairs = ' '.join(f'{k}={v}' for k, v in zip(keys, values))
     return f'{pairs} {keys[q]}?', values[q]
   raise ValueError(f'unknown task {task!r}: must be one of {", ".join(TASKS)}')
+
+
+def task_names(spec: str) -> tuple[str, ...]:
+  """'addition, sorting' -> ('addition', 'sorting'): the comma-separated names, blanks dropped."""
+  return tuple(t.strip() for t in str(spec).split(',') if t.strip())
 
 
 def prompt_text(question: str) -> str:
@@ -266,3 +282,87 @@ def kto_example(ex: Example, rng: np.random.Generator) -> Labelled:
   if rng.random() < 0.5:
     return Labelled(ex.prompt, ex.answer, True)
   return Labelled(ex.prompt, preference_pair(ex, rng).rejected, False)
+
+
+# ---- Post-training batches (train/post.py): one step's rows per method.
+
+def _examples(rng, p):
+  """Training examples drawn from `rng`, without end."""
+  while True:
+    yield draw(task_names(p.tasks), p.difficulty, rng)
+
+
+def _take(rng, p, n: int) -> list[Example]:
+  it = _examples(rng, p)
+  return [next(it) for _ in range(n)]
+
+
+def sft_batch(rng, p, tok, seq_len: int) -> dict:
+  """post.batch_size windows packed with training examples, with the answer mask."""
+  encoded = (encode(tok, ex.prompt, ex.answer) for ex in _examples(rng, p))
+  batch = pack(encoded, p.batch_size, seq_len, tok.eos_id)
+  del batch['examples']
+  return batch
+
+
+def pair_batch(rng, p, tok, seq_len: int) -> dict:
+  """post.batch_size preference pairs: rows 0..B-1 the chosen answers, B..2B-1 the rejected."""
+  pairs = [preference_pair(ex, rng) for ex in _take(rng, p, p.batch_size)]
+  encoded = ([encode(tok, q.prompt, q.chosen) for q in pairs] +
+             [encode(tok, q.prompt, q.rejected) for q in pairs])
+  return rows_batch(encoded, seq_len, tok.eos_id)
+
+
+def kto_batch(rng, p, tok, seq_len: int) -> dict:
+  """B labelled answers (rows 0..B-1, 'desirable' (B,)), then B mismatched rows for the KL point."""
+  items = [kto_example(ex, rng) for ex in _take(rng, p, p.batch_size)]
+  shifted = items[1:] + items[:1]
+  encoded = ([encode(tok, x.prompt, x.completion) for x in items] +
+             [encode(tok, x.prompt, y.completion) for x, y in zip(items, shifted)])
+  batch = rows_batch(encoded, seq_len, tok.eos_id)
+  batch['desirable'] = np.array([x.desirable for x in items])
+  return batch
+
+
+class TaskStream:
+  """Post-training batches of `post` block p; the data position is the next step (checkpointed).
+
+  Step s's batch comes from numpy's generator seeded by (p.seed, s): packed
+  windows (sft, distill), preference pairs (dpo, orpo, simpo) or labelled
+  answers with their mismatched rows (kto). A ConfigError names post.seq_len
+  when an example does not fit a row.
+  """
+
+  def __init__(self, p, tok, seq_len: int):
+    self.p, self.tok, self.seq_len, self.step = p, tok, seq_len, 0
+    self.make = {'sft': sft_batch, 'distill': sft_batch, 'kto': kto_batch}.get(p.method, pair_batch)
+
+  def __next__(self) -> dict:
+    batch = self._batch(self.step)
+    self.step += 1
+    return batch
+
+  def draw(self, state=None, ref_state=None) -> dict:
+    """The next batch (the policy's state is not needed: the data does not depend on it)."""
+    del state, ref_state
+    return next(self)
+
+  def spec(self) -> dict:
+    """A batch of the step's shapes and dtypes (the next one), without advancing."""
+    return self._batch(self.step)
+
+  def _batch(self, step: int) -> dict:
+    try:
+      return self.make(np.random.default_rng([self.p.seed, step]), self.p, self.tok, self.seq_len)
+    except ValueError as e:
+      raise ConfigError(f'post.seq_len={self.seq_len}: {e}; raise post.seq_len or lower '
+                        f'post.difficulty={self.p.difficulty}') from None
+
+  def get_state(self) -> bytes:
+    return json.dumps({'step': self.step}).encode()
+
+  def set_state(self, state) -> None:
+    self.step = json.loads(state)['step']
+
+  def start_prefetch(self) -> None:  # Called by grain's restore; nothing runs ahead here.
+    pass
