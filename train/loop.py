@@ -684,7 +684,7 @@ def _summary(r: Run, xla: dict, timer: Throughput, train_loss: float, eval_loss:
       'skipped_updates': r.skipped,
       'timed_steps': sum(n for _, n in timer.intervals),
       'timed_seconds': sum(t for t, _ in timer.intervals),
-      # Host wait per step for its batch (next batch assembled while the step before runs).
+      # Host time per step getting its batch (overlapped with the step before by async dispatch).
       'data_ms_per_step': 1e3 * r.data_seconds / r.data_steps if r.data_steps else None,
       'startup': startup.as_dict(),
       **_branch(r.config, r),
