@@ -87,7 +87,6 @@ FORMATS = ('hf', 'gguf')
 GGUF_TYPES = {'f16': (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
               'q8_0': (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0)}
 EOS_PIECE = '</s>'  # The eos piece of train/tokenizer.py's BPE models (and of the byte export).
-SPM_SPACE = '\u2581'  # sentencepiece's whitespace symbol.
 
 
 def llama_errors(m) -> list[str]:
@@ -274,7 +273,7 @@ def gguf_vocab(tokenizer, spm_path: str | None, vocab_size: int):
     scores, types = [0.0] * 257, [TT.BYTE] * 256 + [TT.CONTROL]
     # llama.cpp's sentencepiece-style tokenizer turns every space into U+2581 before the lookup
     # (and back when decoding): byte 32 must be that piece, or a space would become 3 bytes.
-    tokens[32], types[32] = SPM_SPACE, TT.NORMAL
+    tokens[32], types[32] = tok_lib.SPM_SPACE, TT.NORMAL
   else:
     import sentencepiece as spm  # Local: BPE runs only (as train/tokenizer.py).
     sp = spm.SentencePieceProcessor(model_file=spm_path)

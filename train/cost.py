@@ -235,11 +235,17 @@ def measure_memory(config, mesh, program: step_lib.Program | None = None) -> dic
 
   peak_estimate = arguments + outputs - aliased (donated state) + temporaries.
   """
-  compiled = lower_train_step(config, mesh, program).compile()
+  return memory_of(lower_train_step(config, mesh, program).compile(), ('generated_code_size',))
+
+
+def memory_of(compiled, extra: tuple = ()) -> dict:
+  """A compiled program's memory_analysis() in bytes per device (0 where XLA gives none), with
+  peak_estimate = arguments + outputs - aliased (donated inputs) + temporaries; `extra`: more
+  of its `*_in_bytes` fields."""
   m = compiled.memory_analysis()
   get = (lambda k: getattr(m, k + '_in_bytes', 0)) if m is not None else (lambda k: 0)
   out = {k: float(get(k)) for k in ('argument_size', 'output_size', 'alias_size', 'temp_size',
-                                     'generated_code_size')}
+                                     *extra)}
   out['peak_estimate'] = (out['argument_size'] + out['output_size'] - out['alias_size']
                           + out['temp_size'])
   return out

@@ -263,7 +263,7 @@ def _branch(config, r) -> dict:
           'flops_6nd_own': 6.0 * r.counts.active * own}
 
 
-def _make_workdir(workdir: str) -> None:
+def make_workdir(workdir: str) -> None:
   """Create --workdir, or stop with one message naming it (a file, an unwritable parent, ...)."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise config_check.ConfigError(f'--workdir {workdir!r} is a file, not a folder')
@@ -707,7 +707,7 @@ def run(config, workdir: str, t_process_start: float | None = None) -> dict:
   startup.done('imports')
   mesh_shape = config_check.validate(config, jax.device_count(), jax.process_count(),
                                      check_shapes=False)
-  _make_workdir(workdir)
+  make_workdir(workdir)
   _check_same_run(workdir, config)
   mesh = sharding.make_mesh(config.mesh)
   splits, train_iter, val_batches = _prepare_data(config)
@@ -786,7 +786,7 @@ def _replica_views(r: Run, start: int) -> list[Run]:
   views = []
   for cfg, name in zip(replicas_lib.replica_configs(r.config), replicas_lib.folder_names(r.config)):
     path = os.path.join(r.workdir, name)
-    _make_workdir(path)
+    make_workdir(path)
     _check_same_run(path, cfg)
     views.append(dataclasses.replace(
         r, config=cfg, workdir=path, group=r.workdir, views=[], multi_steps=r.multi_steps,

@@ -67,7 +67,9 @@ from model import decode, sharding
 from model.counts import param_counts
 from train import checkpoint as ckpt_lib
 from train import config_check
+from train import cost
 from train import generate
+from train import loop
 from train import objectives
 from train import optim
 from train import peft
@@ -109,10 +111,7 @@ def _check_workdir(workdir: str, config) -> None:
   if os.path.abspath(workdir) == os.path.abspath(config.post.base):
     raise ConfigError(f'--workdir {workdir!r} is post.base: give the post-training run a folder '
                       'of its own')
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise ConfigError(f'--workdir {workdir!r} cannot be created: {e.strerror}') from None
+  loop.make_workdir(workdir)
   path = os.path.join(workdir, 'config.json')
   new = json.loads(config.to_json())
   if not os.path.exists(path):
@@ -361,14 +360,9 @@ def _memory(step_fn, state, ref_state, batch_spec) -> dict:
   step's first call: jax caches the executable).
 
   peak_estimate = arguments + outputs - aliased (the donated state) + temporaries
-  (train.cost.measure_memory's sum).
+  (train.cost.memory_of).
   """
-  m = step_fn.lower(state, ref_state, batch_spec).compile().memory_analysis()
-  get = (lambda k: getattr(m, k + '_in_bytes', 0)) if m is not None else (lambda k: 0)
-  out = {k: float(get(k)) for k in ('argument_size', 'output_size', 'alias_size', 'temp_size')}
-  out['peak_estimate'] = (out['argument_size'] + out['output_size'] - out['alias_size']
-                          + out['temp_size'])
-  return out
+  return cost.memory_of(step_fn.lower(state, ref_state, batch_spec).compile())
 
 
 def _trainable(config, step_fn, graphdef, state, ref_state, stream, sites) -> dict:

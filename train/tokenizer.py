@@ -24,7 +24,7 @@ from train import files
 
 # sentencepiece skips training lines longer than this many bytes, silently.
 SPM_MAX_SENTENCE_BYTES = 4192
-_SPM_SPACE = '\u2581'  # sentencepiece's whitespace symbol '▁'.
+SPM_SPACE = '\u2581'  # sentencepiece's whitespace symbol '▁'.
 
 
 class ByteTokenizer:
@@ -56,21 +56,21 @@ class SentencePieceTokenizer:
     if self.eos_id < 0:
       raise ValueError(f'Tokenizer {name}: the sentencepiece model has no eos piece.')
     # '▁' in the text would decode as a space: encode it as its UTF-8 bytes.
-    self._space_ids = [self._sp.piece_to_id(f'<0x{b:02X}>') for b in _SPM_SPACE.encode()]
+    self._space_ids = [self._sp.piece_to_id(f'<0x{b:02X}>') for b in SPM_SPACE.encode()]
     self._threads = max(1, min(os.cpu_count() or 1, 8))
 
   def encode(self, text: str) -> list[int]:
-    if _SPM_SPACE not in text:
+    if SPM_SPACE not in text:
       return self._sp.encode(text)
     ids = []
-    for i, part in enumerate(text.split(_SPM_SPACE)):
+    for i, part in enumerate(text.split(SPM_SPACE)):
       if i:
         ids.extend(self._space_ids)
       ids.extend(self._sp.encode(part))
     return ids
 
   def encode_batch(self, texts: list[str]) -> list[list[int]]:
-    if any(_SPM_SPACE in t for t in texts):
+    if any(SPM_SPACE in t for t in texts):
       return [self.encode(t) for t in texts]
     return self._sp.encode(texts, num_threads=self._threads)
 
