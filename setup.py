@@ -35,6 +35,9 @@ setup(
         'tpu-aot': ['jax[tpu]'],
         # Only for `launch.sweep --backend ray`; tested with ray 2.40.0 and 2.60.0 (Python 3.11).
         'ray': ['ray[default]>=2.40,<3'],
+        # Only for a sweep --workdir in a GCS bucket (gs://, through etils epath): gcsfs. The tests
+        # use a local stand-in for the bucket; not run against GCS from this project.
+        'gcs': ['gcsfs>=2024.2,<2027'],
         # Only for scaling.quant (post-training quantization of a checkpoint); tested with 0.1.8.
         'quant': ['qwix>=0.1.8,<0.2'],
         # Only for scaling.export (HF safetensors, GGUF) and its tests' client, transformers on

@@ -19,7 +19,7 @@ import subprocess
 import threading
 import time
 
-from launch import ray_backend
+from launch import ledger as ledger_lib
 from launch import runs
 from launch.expand import REPO_ROOT
 
@@ -86,7 +86,7 @@ class Worker:
 
 
 def run_pool(ledger, workdir: str, parallel: int, poll_seconds: float = 0.2, log=print) -> dict:
-  """Drive `ledger` (launch.ray_backend.Ledger) with `parallel` long-lived workers."""
+  """Drive `ledger` (launch.ledger.Ledger) with `parallel` long-lived workers."""
   idle, busy = [], []
   try:
     while ledger.waiting() or busy:
@@ -95,7 +95,7 @@ def run_pool(ledger, workdir: str, parallel: int, poll_seconds: float = 0.2, log
         os.makedirs(os.path.dirname(rec.log), exist_ok=True)
         python, argv = worker_request(rec.argv)
         with open(rec.log, 'a') as f:
-          f.write(ray_backend.log_header(rec.argv) + f'(worker pool: {python} -m train.worker)\n')
+          f.write(ledger_lib.log_header(rec.argv) + f'(worker pool: {python} -m train.worker)\n')
         worker = idle.pop() if idle else Worker(python, workdir)
         worker.submit(rec.name, argv, rec.log)
         busy.append(worker)

@@ -14,7 +14,7 @@ same command continues a sweep. A failed run is reported with its log and the
 rest go on. A run that exits with status 75 (preempted: its checkpoint is
 saved) is requeued and resumes, up to --max-preemptions times; a failed one
 is retried up to --max-failures times. DIR/sweep_status.json says which run
-is where (`launch.ray_backend` specifies it). At the end the finished runs
+is where (`launch.ledger` specifies it). At the end the finished runs
 are fitted (`scaling.fit`: approaches 1-3) into DIR/fit/ (fit.json, PNGs,
 TensorBoard events); with variants, each variant also alone into
 DIR/fit/<variant>/. A sweep with a `target` then trains the compute-optimal
@@ -22,8 +22,10 @@ run at its target budget, predicted by that fit, and writes predicted
 against measured (`train_target`).
 
 Backends: the local process pool (`run_all`, --parallel N at once), a Ray
-cluster (--backend ray: `launch.ray_backend`, which also keeps the run ledger
-that both share), or one TPU VM through gcloud (--tpu: `launch.tpu`).
+cluster (--backend ray: `launch.ray_backend`; also with runs of several hosts,
+--hosts-per-run, and a bucket workdir, gs://..., `launch.remote`), or one TPU
+VM through gcloud (--tpu: `launch.tpu`). Both of the first two keep their
+runs' states in `launch.ledger`.
 
 This module never imports the training loop: runs are processes
 (`python -m train`, and `python -m scaling.aot` for --check-fit); from the
@@ -39,8 +41,11 @@ import sys
 import time
 import warnings
 
+from launch import ledger as ledger_lib
 from launch import pool
+from launch import remote
 from launch import ray_backend
+from launch import ray_cluster
 from launch import runs
 from launch import tpu
 from launch import expand as expand_lib
@@ -57,9 +62,6 @@ from scaling import tables
 # ---------------------------------------------------------------------------- local pool
 
 
-run_state = ray_backend.run_state  # 'finished' | 'resume' | 'new' (one definition, shared by the backends).
-
-
 def run_all(commands: list, workdir: str, parallel: int = 1, log=print, poll_seconds: float = 0.2,
             max_preemptions: int = 3, max_failures: int = 0, after: dict | None = None,
             worker_pool: bool = False) -> dict:
@@ -74,18 +76,18 @@ def run_all(commands: list, workdir: str, parallel: int = 1, log=print, poll_sec
   `max_preemptions` times; another non-zero status is a failure, retried at
   most `max_failures` times. One status line per event; DIR/sweep_status.json
   after each. after: {branch: parent}: a cooldown branch starts once its
-  parent finished (`ray_backend.Ledger`). Returns {name: 'skipped' | 'ok' |
+  parent finished (`launch.ledger.Ledger`). Returns {name: 'skipped' | 'ok' |
   'failed' | 'preempted-out'}. Ctrl-C stops the running processes (rerun to
   resume).
   """
-  ledger = ray_backend.Ledger(commands, workdir, 'local', max_preemptions, max_failures, log, after)
+  ledger = ledger_lib.Ledger(commands, workdir, 'local', max_preemptions, max_failures, log, after)
   if worker_pool:
     return pool.run_pool(ledger, workdir, parallel, poll_seconds, log)
   active = {}
 
   def start(rec):
     f = open(rec.log, 'a')
-    f.write(ray_backend.log_header(rec.argv))
+    f.write(ledger_lib.log_header(rec.argv))
     f.flush()
     env = runs.run_env(workdir)
     try:
@@ -297,7 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
                  help='Ray cluster to join (auto, ray://HOST:10001); default RAY_ADDRESS or a local one')
   p.add_argument('--ray-resources', default=None, metavar='R',
                  help='Ray resources one run holds, e.g. TPU=4 or GPU=1,CPU=8 (default: the sweep config\'s '
-                 'ray.resources, else CPU=1)')
+                 'ray.resources, else CPU=1); with --hosts-per-run, what each host\'s process holds')
+  p.add_argument('--hosts-per-run', type=int, default=None, metavar='H',
+                 help='--backend ray: each run is one process on every host of a slice of H hosts, joined by '
+                 'jax.distributed (default: the sweep config\'s ray.hosts_per_run, else the hosts of '
+                 'tpu.accelerator_type when runs hold TPUs, else 1)')
+  p.add_argument('--ray-slice-head', default=None, metavar='RES',
+                 help='with --hosts-per-run > 1: the Ray resource that marks a slice\'s first host (default: '
+                 'ray.slice_head, else TPU-<tpu.accelerator_type>-head for TPUs, else slice-head)')
   p.add_argument('--max-preemptions', type=int, default=3, metavar='N',
                  help='requeue a preempted run (exit 75, or its Ray node died) at most N times (default 3)')
   p.add_argument('--max-failures', type=int, default=0, metavar='N',
@@ -326,12 +335,17 @@ def main(argv=None, log=print) -> int:
     if args.worker_pool and (args.tpu or args.backend == 'ray'):
       raise SweepError('--worker-pool is for the local backend (not --tpu or --backend ray)')
     resources = _ray_resources(args, sweep)
+    if args.hosts_per_run is not None and args.backend != 'ray':
+      raise SweepError('--hosts-per-run is for --backend ray')
+    hosts, slice_head = _ray_slices(args, sweep, resources) if args.backend == 'ray' else (1, '')
+    if remote.is_remote(args.workdir):
+      _check_bucket(args, hosts)
     if args.backend == 'ray' and not args.dry_run and importlib.util.find_spec('ray') is None:
       raise SweepError("--backend ray: ray is not installed (pip install -e '.[ray]')")
   except SweepError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  workdir = os.path.abspath(args.workdir)
+  workdir = args.workdir if remote.is_remote(args.workdir) else os.path.abspath(args.workdir)
   for w in sweep.warnings:
     log(f'warning: {w}')
   log(format_table(sweep))
@@ -346,14 +360,20 @@ def main(argv=None, log=print) -> int:
       log(shlex.join(c))
     if args.backend == 'ray':
       try:
-        text = ray_backend.dry_run_text(sweep.tpu, sweep.ray, args.config, args.workdir,
+        text = ray_cluster.dry_run_text(sweep.tpu, sweep.ray, args.config, args.workdir,
                                         _budget_flags(args))
       except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
       log(f'\n{text}')
     return 0
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    remote.makedirs(workdir)
+  except Exception as e:  # pylint: disable=broad-except  (epath's backends raise their own kinds)
+    print(f'error: --workdir {workdir}: cannot create it ({type(e).__name__}: {e})'
+          + (" (gs:// needs gcsfs: pip install -e '.[gcs]')" if workdir.startswith('gs://') else ''),
+          file=sys.stderr)
+    return 2
 
   def run(these: list) -> dict:  # Runs -> {name: final state}, on the chosen backend.
     commands = _commands(args, sweep, these, workdir)
@@ -361,7 +381,8 @@ def main(argv=None, log=print) -> int:
       return tpu.run_all(sweep, commands, workdir, log)
     if args.backend == 'ray':
       return ray_backend.run_all_ray(commands, workdir, args.ray_address, args.max_preemptions,
-                                     args.max_failures, log, resources, after=sweep.after())
+                                     args.max_failures, log, resources, after=sweep.after(),
+                                     hosts_per_run=hosts, slice_head=slice_head)
     return run_all(commands, workdir, args.parallel, log, max_preemptions=args.max_preemptions,
                    max_failures=args.max_failures, after=sweep.after(),
                    worker_pool=args.worker_pool)
@@ -370,20 +391,24 @@ def main(argv=None, log=print) -> int:
   failed = [n for n, v in results.items() if v in ('failed', 'preempted-out')]
   target_ok = True
   if not args.no_fit:
+    here, fit_run = _local_results(workdir, sweep, run, log)
     bootstrap = sweep.fit.bootstrap if args.bootstrap is None else args.bootstrap
-    out = os.path.join(workdir, sweep.fit.out)
+    out = os.path.join(here, sweep.fit.out)
     for variant in sorted({r.variant for r in sweep.runs} - {''}):
       log(f'fit: variant {variant}')
-      fit_sweep(workdir, [r.name for r in sweep.runs if r.variant == variant],
+      fit_sweep(here, [r.name for r in sweep.runs if r.variant == variant],
                 os.path.join(out, variant), bootstrap, sweep.fit.plots, log)
-    result = fit_sweep(workdir, [r.name for r in sweep.runs], out, bootstrap, sweep.fit.plots, log)
+    result = fit_sweep(here, [r.name for r in sweep.runs], out, bootstrap, sweep.fit.plots, log)
     if sweep.grid:
-      fit_hparams(workdir, [r.name for r in sweep.runs], os.path.join(out, 'hparams'), bootstrap, log)
+      fit_hparams(here, [r.name for r in sweep.runs], os.path.join(out, 'hparams'), bootstrap, log)
     if sweep.target_flops:
       target_ok = (result is not None and not failed
-                   and train_target(config, sweep, result, workdir, out, run, log) is not None)
+                   and train_target(config, sweep, result, here, out, fit_run, log) is not None)
       if not target_ok:
         log('target: not verified' + (' (runs failed or no fit)' if failed or result is None else ''))
+    if here != workdir and os.path.isdir(out):
+      n = remote.push_tree(out, os.path.join(workdir, sweep.fit.out))
+      log(f'fit: {n} file(s) copied to {os.path.join(workdir, sweep.fit.out)}')
   if not target_ok and not failed:
     return 1
   if failed:
@@ -410,6 +435,54 @@ def _ray_resources(args, sweep: Sweep) -> dict:
     return ray_backend.parse_resources(text)
   except ValueError as e:
     raise SweepError(f'--ray-resources / ray.resources: {e}') from None
+
+
+def _ray_slices(args, sweep: Sweep, resources: dict) -> tuple[int, str]:
+  """(hosts per run, the slice head resource) for --backend ray (see --hosts-per-run)."""
+  ray_cfg = sweep.ray if sweep.ray is not None else ray_cluster.default_config()
+  tpu_type = sweep.tpu.get('accelerator_type', '') if sweep.tpu is not None else ''
+  on_tpu = 'TPU' in resources and bool(tpu_type)
+  hosts = args.hosts_per_run if args.hosts_per_run is not None else ray_cfg.get('hosts_per_run', 0)
+  if not hosts:
+    try:
+      hosts = ray_cluster.tpu_hosts(tpu_type)[0] if on_tpu else 1
+    except ValueError as e:
+      raise SweepError(str(e)) from None
+  if hosts < 1:
+    raise SweepError(f'--hosts-per-run / ray.hosts_per_run={hosts}: must be >= 1')
+  head = args.ray_slice_head or ray_cfg.get('slice_head', '') or (
+      f'TPU-{tpu_type}-head' if on_tpu else ray_backend.SLICE_HEAD)
+  return hosts, head
+
+
+def _local_results(workdir: str, sweep: Sweep, run, log):
+  """(a local folder holding the runs' results, a `run` whose results land there too) for the fit.
+
+  A local workdir is that folder. For a bucket, each run's summary.json,
+  curve.json and config.json are copied into a local mirror (the fit reads
+  local files), and the target run, trained into the bucket, is copied too.
+  """
+  if not remote.is_remote(workdir):
+    return workdir, run
+  here = remote.mirror_results(workdir, [r.name for r in sweep.runs])
+  log(f'fit: the runs\' results copied from {workdir} to {here}')
+
+  def run_and_copy(these: list) -> dict:
+    out = run(these)
+    remote.mirror_results(workdir, [r.name for r in these])
+    return out
+  return here, run_and_copy
+
+
+def _check_bucket(args, hosts: int) -> None:
+  """A bucket --workdir (gs://...) needs the Ray backend, and runs of one host each."""
+  if args.backend != 'ray' or args.tpu or args.worker_pool:
+    raise SweepError(f'--workdir {args.workdir}: a bucket workdir needs --backend ray (each run is '
+                     'staged on its node and copied to the bucket: launch/remote.py); the local backend '
+                     'and --tpu write a local or shared folder')
+  if hosts > 1:
+    raise SweepError(f'--workdir {args.workdir} with {hosts} hosts per run: the hosts of a run write one '
+                     'checkpoint together, so they need a folder they all mount (ray.nfs), not a bucket')
 
 
 def _budget_flags(args) -> list:

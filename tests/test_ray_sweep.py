@@ -6,7 +6,10 @@ SIGTERM (the training loop saves and exits 75). Both are retried as
 preemptions and resume from their checkpoints; a second invocation runs
 nothing. Stand-in runs (a small script in place of `python -m train`) cover
 exit status 75, a killed worker, a run that always fails and one that is
-always preempted, against their budgets.
+always preempted, against their budgets. A run of two hosts (the cluster's
+one node stands in for a slice of two: it holds 'slice-head' and 2 units of
+'slice-test') trains as two processes joined by jax.distributed over gloo;
+stand-ins check that when one host ends badly the other is stopped.
 """
 
 import json
@@ -23,20 +26,35 @@ import pytest
 ray = pytest.importorskip('ray')
 
 from launch import expand as expand_lib  # noqa: E402  (after the skip: ray must be importable)
+import fake_gcs  # noqa: E402
+from launch import ledger  # noqa: E402
 from launch import ray_backend  # noqa: E402
+from launch import remote  # noqa: E402
 from launch import sweep as sweep_lib  # noqa: E402
 from test_sweep import write_sweep  # noqa: E402
 
 
 @pytest.fixture(scope='module')
-def cluster():
-  ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-  yield
+def cluster(tmp_path_factory):
+  """2 CPUs, a slice of 2 hosts; gs://b/ is tests/fake_gcs.py's bucket (the fixture's value) everywhere."""
+  root = tmp_path_factory.mktemp('cluster')
+  here = os.path.dirname(os.path.abspath(__file__))
+  env = {fake_gcs.ROOT_ENV: str(root / 'gcs'), remote.STAGING_ENV: str(root / 'staging'),
+         'PYTHONPATH': os.pathsep.join([here] + [p for p in [os.environ.get('PYTHONPATH')] if p])}
+  os.makedirs(root / 'gcs' / 'b')
+  ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+           resources={ray_backend.SLICE_HEAD: 1, 'slice-test': 2},
+           runtime_env={'env_vars': env, 'worker_process_setup_hook': 'fake_gcs.install'})
+  os.environ.update({k: v for k, v in env.items() if k != 'PYTHONPATH'})  # The driver's view of it.
+  fake_gcs.install()
+  yield root / 'gcs' / 'b'
   ray.shutdown()
+  for k in (fake_gcs.ROOT_ENV, remote.STAGING_ENV):
+    os.environ.pop(k, None)
 
 
 def _status(workdir) -> dict:
-  status = json.load(open(os.path.join(workdir, ray_backend.STATUS_FILE)))
+  status = json.load(open(os.path.join(workdir, ledger.STATUS_FILE)))
   assert status['format'] == 1 and status['backend'] == 'ray'
   return {r['name']: r for r in status['runs']}
 
@@ -219,7 +237,7 @@ def test_preemptions_and_failures_have_their_own_budgets(tmp_path, cluster):
 
   def log(line):  # The status file is whole JSON at every event.
     lines.append(line)
-    json.load(open(workdir / ray_backend.STATUS_FILE))
+    json.load(open(workdir / ledger.STATUS_FILE))
 
   results = ray_backend.run_all_ray(commands, str(workdir), max_preemptions=2, max_failures=1, log=log)
   killer.join(timeout=5)
@@ -241,3 +259,96 @@ def test_preemptions_and_failures_have_their_own_budgets(tmp_path, cluster):
     assert 'resumed from step' in open(workdir / m / 'train.log').read()
     assert f'resume  {m}' in text
   assert lines[-1].startswith('2 ran, 0 skipped (finished), 1 failed, 1 preempted out in ')
+
+
+# ---------------------------------------------------------------------------- runs of several hosts
+
+TWO_HOSTS = ['--config.model.vocab_size=64', '--config.model.d_model=32', '--config.model.n_layers=2',
+             '--config.model.n_heads=4', '--config.model.n_kv_heads=2', '--config.model.d_ff=64',
+             '--config.data.source=synthetic', '--config.data.seq_len=16',
+             '--config.data.global_batch_size=16', '--config.data.synthetic_tokens=20000',
+             '--config.train.steps=4', '--config.train.eval_every=4', '--config.train.log_every=2',
+             '--config.train.eval_batches=1', '--config.train.peak_flops=1e11',
+             '--config.mesh.data=2', '--config.mesh.fsdp=-1']
+
+
+def test_a_run_of_two_hosts_trains_as_two_joined_processes(tmp_path, cluster):
+  workdir = tmp_path / 'sweep'
+  argv = ['env', 'XLA_FLAGS=--xla_force_host_platform_device_count=2',  # 2 CPU devices per "host".
+          sys.executable, '-m', 'train', '--config', 'configs/tiny_cpu.py', '--workdir',
+          str(workdir / 'pair'), *TWO_HOSTS]
+  lines = []
+  results = ray_backend.run_all_ray([('pair', argv)], str(workdir), log=lines.append, hosts_per_run=2)
+  text = '\n'.join(lines)
+  assert results == {'pair': 'ok'}, text + open(workdir / 'pair' / 'train.log').read()
+  assert 'each run holds 2 hosts of a slice (slice-head)' in text
+  summary = json.load(open(workdir / 'pair' / 'summary.json'))
+  assert summary['n_devices'] == 4 and summary['mesh']['data'] == 2  # 2 processes x 2 CPU devices.
+  assert summary['steps'] == 4 and summary['eval_loss'] > 0
+  for log in ('train.log', 'train.host1.log'):
+    head = open(workdir / 'pair' / log).read().split('\n')[1]
+    assert '--num_processes=2' in head and '--coordinator' in head, head
+  assert '--process_id=1' in open(workdir / 'pair' / 'train.host1.log').read()
+
+
+GANG = """
+import json, os, sys, time
+args = sys.argv[1:]
+mode, run_dir = args[0], args[1]
+host = int(next(a for a in args if a.startswith('--process_id=')).split('=')[1])
+attempt = os.path.join(run_dir, f'attempt{host}')
+n = int(open(attempt).read()) + 1 if os.path.exists(attempt) else 1
+open(attempt, 'w').write(str(n))
+if host == 0:
+  with open(os.path.join(run_dir, f'pid{n}.tmp'), 'w') as f:
+    f.write(str(os.getpid()))
+  os.replace(os.path.join(run_dir, f'pid{n}.tmp'), os.path.join(run_dir, f'pid{n}'))
+  if mode == 'spot' and n > 1:
+    json.dump({'eval_loss': 1.0}, open(os.path.join(run_dir, 'summary.json'), 'w')); sys.exit(0)
+  time.sleep(120); sys.exit(4)
+time.sleep(0.5)
+if mode == 'broken':
+  print('host 1 broke'); sys.exit(3)
+if n == 1:
+  print('SIGTERM: saved'); sys.exit(75)
+"""
+
+
+def test_when_one_host_ends_badly_its_peers_are_stopped(tmp_path, cluster):
+  script = tmp_path / 'gang.py'
+  script.write_text(textwrap.dedent(GANG))
+  workdir = tmp_path / 'sweep'
+  commands = [(m, [sys.executable, str(script), m, str(workdir / m)]) for m in ('broken', 'spot')]
+  for m, _ in commands:
+    os.makedirs(workdir / m)
+  lines = []
+  results = ray_backend.run_all_ray(commands, str(workdir), max_preemptions=1, max_failures=0,
+                                    log=lines.append, hosts_per_run=2)
+  text = '\n'.join(lines)
+  assert results == {'broken': 'failed', 'spot': 'ok'}, text
+  s = _status(workdir)
+  assert s['broken']['last_exit'] == 3 and s['broken']['log_tail'][:2] == ['host 1 of 2: exit 3', 'host 1 broke']
+  assert s['spot']['history'] == ['preempted (exit 75)', 'finished'] and s['spot']['attempts'] == 2
+  for m, first in (('broken', 1), ('spot', 1)):  # Host 0 of the bad attempt was stopped, not left running.
+    assert _wait_gone(int((workdir / m / f'pid{first}').read_text())), f'{m}: host 0 outlived its peer'
+  assert 'FAILED  broken (exit 3' in text and 'PREEMPT spot (exit 75' in text
+
+
+def test_a_sweep_in_a_bucket_trains_on_the_nodes_and_a_rerun_runs_nothing(tmp_path, cluster):
+  """A real run with a gs:// workdir: staged on its node, its outputs copied to the bucket."""
+  workdir = 'gs://b/sweep'
+  argv = [sys.executable, '-m', 'train', '--config', 'configs/tiny_cpu.py', '--workdir', f'{workdir}/one',
+          *TWO_HOSTS[:-2], '--config.train.checkpoint_every=2']
+  lines = []
+  assert ray_backend.run_all_ray([('one', argv)], workdir, log=lines.append) == {'one': 'ok'}, lines
+  run = cluster / 'sweep' / 'one'
+  summary = json.loads((run / 'summary.json').read_text())
+  assert summary['steps'] == 4 and summary['eval_loss'] > 0
+  assert sorted(os.listdir(run / 'checkpoints')) == ['2', '4'] and any(
+      n.startswith('events.out.tfevents') for n in os.listdir(run))
+  assert not any('orbax-checkpoint-tmp' in n for _, dirs, _ in os.walk(run) for n in dirs)
+  status = json.loads((cluster / 'sweep' / ledger.STATUS_FILE).read_text())
+  assert status['runs'][0]['state'] == 'ok' and status['runs'][0]['log'] == f'{workdir}/one/train.log'
+  lines.clear()
+  assert ray_backend.run_all_ray([('one', argv)], workdir, log=lines.append) == {'one': 'skipped'}
+  assert 'skip    one: finished' in lines[0]

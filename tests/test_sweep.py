@@ -11,7 +11,9 @@ import pytest
 import yaml  # PyYAML comes with ml_collections: parses the Ray cluster configs of the dry run.
 
 from launch import expand as expand_lib
+from launch import ledger
 from launch import ray_backend
+from launch import ray_cluster
 from launch import sweep as sweep_lib
 from launch import tpu as tpu_lib
 from model.counts import param_counts
@@ -214,11 +216,11 @@ def test_pool_continues_after_a_failure_skips_finished_runs_and_fits(tmp_path):
 
 
 def test_run_state_sees_checkpoints(tmp_path):
-  assert sweep_lib.run_state(str(tmp_path)) == 'new'
+  assert ledger.run_state(str(tmp_path)) == 'new'
   (tmp_path / 'checkpoints' / '40').mkdir(parents=True)
-  assert sweep_lib.run_state(str(tmp_path)) == 'resume'
+  assert ledger.run_state(str(tmp_path)) == 'resume'
   (tmp_path / 'summary.json').write_text('{}')
-  assert sweep_lib.run_state(str(tmp_path)) == 'finished'
+  assert ledger.run_state(str(tmp_path)) == 'finished'
 
 
 # ---------------------------------------------------------------------------- real runs
@@ -487,13 +489,13 @@ def test_ray_dry_run_prints_cluster_configs_for_tpu_vms_and_gpu_hosts(tmp_path, 
   assert worker['resources'] == {'TPU': 8}
   assert tpu_cfg['available_node_types']['head']['resources'] == {'CPU': 0}  # The driver only.
   assert tpu_cfg['file_mounts'] == {'~/chinchax': expand_lib.REPO_ROOT}
-  assert any("pip install -e '.[ray,tpu-aot]'" in c for c in tpu_cfg['worker_setup_commands'])
+  assert any("pip install -e '.[ray,gcs,tpu-aot]'" in c for c in tpu_cfg['worker_setup_commands'])
   gpu_worker = gpu_cfg['available_node_types']['gpu_worker']
   assert gpu_worker['node_config']['guestAccelerators'] == [
       dict(acceleratorType='nvidia-tesla-a100', acceleratorCount=1)]
   assert gpu_worker['resources'] == {'GPU': 1}
   assert gpu_worker['node_config']['scheduling']['provisioningModel'] == 'SPOT'
-  assert any("pip install -e '.[ray]'" in c and 'jax[cuda12]' in c for c in gpu_cfg['worker_setup_commands'])
+  assert any("pip install -e '.[ray,gcs]'" in c and 'jax[cuda12]' in c for c in gpu_cfg['worker_setup_commands'])
   assert 'ray up -y ray_tpu.yaml' in out and 'ray up -y ray_gpu.yaml' in out
   submits = [ln for ln in out.splitlines() if ln.startswith('ray job submit ')]
   assert len(submits) == 2
@@ -503,19 +505,32 @@ def test_ray_dry_run_prints_cluster_configs_for_tpu_vms_and_gpu_hosts(tmp_path, 
   assert not workdir.exists()
 
 
-def test_ray_dry_run_refuses_multi_host_slices_and_knows_tpu_hosts(tmp_path, capsys):
+def test_ray_dry_run_for_multi_host_slices_and_tpu_hosts(tmp_path, capsys):
   extra = ("from launch import tpu\n  c.tpu = tpu.default_config()\n  c.tpu.update(dict(zone='z-a-1'))\n"
            "  c.tpu.accelerator_type = 'v4-16'")
   cfg = write_sweep(tmp_path, extra=extra)
   assert sweep_lib.main(['--config', cfg, '--workdir', str(tmp_path / 'w'), '--backend', 'ray',
-                         '--dry-run']) == 2
-  assert "'v4-16' is a slice of 2 hosts" in capsys.readouterr().err
-  assert [ray_backend.tpu_hosts(t) for t in ('v2-8', 'v4-8', 'v4-32', 'v5p-8', 'v5litepod-8',
+                         '--dry-run']) == 0
+  out = capsys.readouterr().out
+  assert 'GCP TPU VMs (v4-16, slices of 2 hosts: each run one process per host)' in out
+  assert 'acceleratorType: v4-16' in out and '--ray-resources TPU=4' in out
+  # A TPU run of a v4-16 sweep spans the slice's 2 hosts, reserved through Ray's head resource.
+  parser = sweep_lib.build_parser()
+  sweep = expand_lib.expand(expand_lib.load_config_file(cfg))
+  args = parser.parse_args(['--config', cfg, '--workdir', 'w', '--backend', 'ray'])
+  assert sweep_lib._ray_slices(args, sweep, {'TPU': 4.0}) == (2, 'TPU-v4-16-head')
+  assert sweep_lib._ray_slices(args, sweep, {'CPU': 1.0}) == (1, 'slice-head')
+  args = parser.parse_args(['--config', cfg, '--workdir', 'w', '--backend', 'ray', '--hosts-per-run', '-1'])
+  with pytest.raises(sweep_lib.SweepError, match='must be >= 1'):
+    sweep_lib._ray_slices(args, sweep, {'CPU': 1.0})
+  assert sweep_lib.main(['--config', cfg, '--workdir', str(tmp_path / 'w'), '--hosts-per-run', '2']) == 2
+  assert '--hosts-per-run is for --backend ray' in capsys.readouterr().err
+  assert [ray_cluster.tpu_hosts(t) for t in ('v2-8', 'v4-8', 'v4-32', 'v5p-8', 'v5litepod-8',
                                              'v5litepod-16', 'v6e-4')] == [
       (1, 4), (1, 4), (4, 4), (1, 4), (1, 8), (4, 4), (1, 4)]
   for bad in ('v9-8', 'v4', 'v4-x'):
     with pytest.raises(ValueError, match='accelerator_type'):
-      ray_backend.tpu_hosts(bad)
+      ray_cluster.tpu_hosts(bad)
   assert ray_backend.parse_resources('TPU=4, CPU=8') == {'TPU': 4.0, 'CPU': 8.0}
   assert ray_backend.parse_resources('') == {'CPU': 1.0}
 
