@@ -281,6 +281,7 @@ def test_a_run_of_two_hosts_trains_as_two_joined_processes(tmp_path, cluster):
   results = ray_backend.run_all_ray([('pair', argv)], str(workdir), log=lines.append, hosts_per_run=2)
   text = '\n'.join(lines)
   assert results == {'pair': 'ok'}, text + open(workdir / 'pair' / 'train.log').read()
+  print(f'\na run of two hosts on Ray:\n{text}')
   assert 'each run holds 2 hosts of a slice (slice-head)' in text
   summary = json.load(open(workdir / 'pair' / 'summary.json'))
   assert summary['n_devices'] == 4 and summary['mesh']['data'] == 2  # 2 processes x 2 CPU devices.
@@ -341,6 +342,7 @@ def test_a_sweep_in_a_bucket_trains_on_the_nodes_and_a_rerun_runs_nothing(tmp_pa
           *TWO_HOSTS[:-2], '--config.train.checkpoint_every=2']
   lines = []
   assert ray_backend.run_all_ray([('one', argv)], workdir, log=lines.append) == {'one': 'ok'}, lines
+  print('\na run in a bucket on Ray:\n' + '\n'.join(lines))
   run = cluster / 'sweep' / 'one'
   summary = json.loads((run / 'summary.json').read_text())
   assert summary['steps'] == 4 and summary['eval_loss'] > 0
