@@ -1,4 +1,5 @@
-"""python -m scaling.quant --workdir RUN | --runs SWEEP [--method M ...] [--scale-dtype T] [--json]
+"""python -m scaling.quant --workdir RUN | --runs SWEEP [--method M ...] [--scale-dtype T]
+                          [--calib-batches N] [--json]
 
 Post-training, weight-only quantization of a run's newest intact checkpoint,
 and what it costs in eval loss. Units:
@@ -25,13 +26,17 @@ Methods (the numerics are qwix's: qwix.quantize / qwix.dequantize):
             contraction dimension (G = 32, 64, 128; int8-gG likewise)
   nf4-bB    NF4 (QLoRA's 16-value code book), an absmax scale per block of B
             (64) weights along the contraction dimension
+  gptq-intB[-gG], awq-intB[-gG]  the intB grid above (the same bytes; AWQ adds
+            its per-channel scales), each code chosen by GPTQ or AWQ calibrated
+            on --calib-batches global batches of the run's training split
+            (scaling/gptq.py: written here, in numpy, on qwix's grid)
 Every matrix is quantized: attention, MLP and expert kernels, the embedding
 table and the head, each along the dimension its matmul contracts (the
 CONTRACTION table; the embedding along D, which the tied head contracts).
 The eval runs the dequantized weights: the loss of a weight-only quantized
-model, up to float summation order. GPTQ and AWQ are not here: qwix has them
-(qwix.contrib.gptq, qwix.contrib.awq) but they calibrate through qwix's op
-interception (qwix.quantize_model), not yet wired to the scanned layer stack.
+model, up to float summation order. GPTQ and AWQ calibrate grouped-query
+attention, the dense MLP and the head (an untied embedding table rounds to
+nearest); MLA and MoE runs are refused for them (scaling/gptq.py says why).
 
 Outputs: --workdir RUN writes RUN/quant.json; --runs SWEEP quantizes every
 finished run with a checkpoint (SWEEP/<run>/quant.json each) and writes
@@ -39,8 +44,9 @@ SWEEP/quant/quant.json, quant.txt (the table) and quant_gap.png (the gap
 against N and against D per method). Bad input gets one line `error: ...`
 and exit status 2: an unknown method, a group size that does not divide a
 layer's contraction dimension (naming the method and the layer; in a sweep
-that run is listed as skipped for that method), a checkpoint saved with
-another config than the run's config.json.
+that run is listed as skipped for that method, as is GPTQ/AWQ on an MLA or
+MoE run), a checkpoint saved with another config than the run's config.json,
+--calib-batches below 1.
 """
 
 import argparse
@@ -63,44 +69,50 @@ from configs.load import ConfigError
 from model import sharding
 from model.qat import CONTRACTION, KEEP  # Which axes each weight contracts; what stays float32.
 from model.counts import param_counts
+from scaling import gptq
 from scaling import points as points_lib
 from scaling import tables
 from train import data as data_lib
 from train import generate, loop
 from train.tokens import bits_per_byte
 
-DEFAULT_METHODS = ('int8', 'int4-g32', 'int4-g64', 'int4-g128', 'nf4-b64')
+DEFAULT_METHODS = ('int8', 'int4-g32', 'int4-g64', 'int4-g128', 'nf4-b64', 'gptq-int4-g128',
+                   'awq-int4-g128')
+DEFAULT_CALIB_BATCHES = 8  # GPTQ/AWQ calibration: global batches of the training split.
 GUIDE_BYTES_PER_PARAM = {'bf16': 2.0, 8: 1.0, 4: 0.5}  # The guide's rule of thumb, by bits.
 
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """A method: qwix qtype, bits per code, weights per scale along the contraction (0 = all)."""
+  """A method: qwix qtype, bits per code, weights per scale along the contraction (0 = all),
+  and the algorithm choosing the codes: 'gptq', 'awq' or '' (round to nearest)."""
   name: str
   qtype: str
   bits: int
   group: int
+  calib: str = ''
 
 
 def parse_method(name: str) -> Method:
-  """'int8', 'int4-g64', 'int8-g128' or 'nf4-b64' -> Method (ConfigError naming --method)."""
-  m = re.fullmatch(r'int(\d+)(?:-g(\d+))?|nf4-b(\d+)', name)
+  """'int8', 'int4-g64', 'gptq-int4-g128', 'nf4-b64', ... -> Method (ConfigError naming --method)."""
+  m = re.fullmatch(rf'(?:({"|".join(gptq.ALGORITHMS)})-)?int(\d+)(?:-g(\d+))?|nf4-b(\d+)', name)
   if not m:
     raise ConfigError(f'--method {name!r}: unknown; use int8 (per channel), int4-gG or int8-gG '
-                      '(G weights per scale), or nf4-bB (blocks of B)')
-  given = m.group(2) or m.group(3)
+                      '(G weights per scale), nf4-bB (blocks of B), or gptq-/awq- before intB-gG')
+  calib, bits, group, block = m.groups()
+  given = group or block
   if given is not None and int(given) < 1:
     raise ConfigError(f'--method {name!r}: the group size must be >= 1')
-  if m.group(3):
-    return Method(name, 'nf4', 4, int(m.group(3)))
-  bits, group = int(m.group(1)), int(m.group(2) or 0)
+  if block:
+    return Method(name, 'nf4', 4, int(block))
+  bits, group, calib = int(bits), int(group or 0), calib or ''
   if bits not in (4, 8):
     raise ConfigError(f'--method {name!r}: bit width {bits} is not supported (4 or 8: the '
                       'widths stored natively, int4 and int8)')
   if bits == 4 and not group:
     raise ConfigError(f'--method {name!r}: int4 needs a group size, e.g. int4-g64')
-  return Method(name, f'int{bits}', bits, group)
+  return Method(name, f'int{bits}', bits, group, calib)
 
 
 def _as_matrix(w, suffix: str, letters: str):
@@ -160,16 +172,22 @@ def _fake_quant_all(params: dict, method: Method, scale_dtype) -> dict:
   return {key: fake_quant(w, key, method, scale_dtype) for key, w in params.items()}
 
 
-def quantize_params(params: dict, method: Method, scale_dtype):
-  """(dequantized params, {'weight_bytes', 'resident_bytes', 'quantized_params', ...})."""
+def quantize_params(params: dict, method: Method, scale_dtype, calibrated: dict | None = None):
+  """(dequantized params, {'weight_bytes', 'resident_bytes', 'quantized_params', ...}).
+
+  `calibrated`: {key: (dequantized, QArray, extra stored arrays)} of the parameters
+  scaling.gptq quantized (GPTQ, AWQ); the others are rounded to nearest here.
+  """
+  calibrated = calibrated or {}
   kept = {k: w for k, w in params.items() if k.rsplit('/', 1)[-1] in KEEP}
-  done = _fake_quant_all({k: w for k, w in params.items() if k not in kept}, method,
-                         jnp.dtype(scale_dtype))
-  new = {**kept, **{k: deq for k, (deq, _) in done.items()}}
-  q_bytes = sum(qarray_bytes(q)[0] for _, q in done.values())
+  rtn = _fake_quant_all({k: w for k, w in params.items() if k not in kept and k not in calibrated},
+                        method, jnp.dtype(scale_dtype))
+  done = {**{k: (deq, q, ()) for k, (deq, q) in rtn.items()}, **calibrated}
+  new = {**kept, **{k: deq for k, (deq, _, _) in done.items()}}
+  q_bytes = sum(qarray_bytes(q)[0] + sum(map(stored_bytes, extra)) for _, q, extra in done.values())
   stored = q_bytes + sum(stored_bytes(w) for w in kept.values())
-  resident = (sum(qarray_bytes(q)[1] for _, q in done.values()) +
-              sum(w.nbytes for w in kept.values()))
+  resident = (sum(qarray_bytes(q)[1] + sum(x.nbytes for x in extra) for _, q, extra in done.values())
+              + sum(w.nbytes for w in kept.values()))
   n_q = sum(params[k].size for k in done)
   n = sum(w.size for w in params.values())
   return new, {'weight_bytes': stored, 'resident_bytes': resident, 'params': n,
@@ -198,6 +216,11 @@ class Restored:
   val_batches: list
   val_tokens: int
   val_bytes: int
+  train_split: object = None  # GPTQ/AWQ calibrate on it.
+
+  def model(self):
+    """The model (nnx.Module) holding the checkpoint's parameters."""
+    return nnx.merge(self.program.graphdef, self.state)[0]
 
   def eval_loss(self, state) -> float:
     """Mean validation loss (nats/token) through the train loop's eval."""
@@ -221,10 +244,11 @@ def restore(workdir: str) -> Restored:
                                   config.train.eval_batches, config.seed)
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
   return Restored(workdir, step, config, program, state, mesh, batches, len(splits.val),
-                  splits.val.n_bytes)
+                  splits.val.n_bytes, splits.train)
 
 
-def quantize_run(workdir: str, methods: list[Method], scale_dtype, skip_bad_groups=False) -> dict:
+def quantize_run(workdir: str, methods: list[Method], scale_dtype, skip_bad_groups=False,
+                 calib_batches: int = DEFAULT_CALIB_BATCHES) -> dict:
   """One run: full-precision and per-method eval loss, bytes, gap and bpb (see the docstring)."""
   r = restore(workdir)
   params = model_params(r.state)
@@ -232,6 +256,9 @@ def quantize_run(workdir: str, methods: list[Method], scale_dtype, skip_bad_grou
   for m in methods:  # Shapes only: a group that does not divide stops before any eval.
     try:
       jax.eval_shape(functools.partial(quantize_params, method=m, scale_dtype=scale_dtype), params)
+      errors = gptq.calibration_errors(r.config.model, m.name) if m.calib else []
+      if errors:  # MLA, MoE: not calibrated.
+        raise ConfigError(errors[0])
     except ConfigError as e:
       if not skip_bad_groups:
         raise
@@ -247,15 +274,22 @@ def quantize_run(workdir: str, methods: list[Method], scale_dtype, skip_bad_grou
                   'bytes_per_param': sum(stored_bytes(w) for w in params.values()) / n,
                   'guide_bytes_per_param': GUIDE_BYTES_PER_PARAM['bf16']},
          'methods': {}}
+  calib_BT = None
   for m in methods:
     if m.name in bad:
       out['methods'][m.name] = {'skipped': bad[m.name]}
       continue
-    new, stats = quantize_params(params, m, scale_dtype)
+    calibrated, calibration = None, {}
+    if m.calib:
+      if calib_BT is None:
+        calib_BT = gptq.calibration_tokens(r.train_split, r.config, calib_batches)
+      calibrated, summary = gptq.calibrate(r.model(), calib_BT, m, scale_dtype)
+      calibration = {'calibration': summary}
+    new, stats = quantize_params(params, m, scale_dtype, calibrated)
     loss = r.eval_loss(with_params(r.state, new))
     out['methods'][m.name] = {**stats, 'eval_loss': loss, 'eval_bpb': r.bpb(loss),
                               'gap_nats': loss - full_loss,
-                              'gap_pct': 100 * (loss - full_loss) / full_loss}
+                              'gap_pct': 100 * (loss - full_loss) / full_loss, **calibration}
   tables.write_json(out, workdir, 'quant.json')
   return out
 
@@ -266,19 +300,20 @@ def _f(x, fmt):
 
 def format_table(results: list[dict]) -> str:
   """One row per run and method: B/param (guide), eval loss, gap in nats and %, bits per byte."""
-  head = (f'{"run":24} {"method":10} {"B/param":>8} {"guide":>6} {"eval loss":>10} '
+  w = max([10] + [len(m) for r in results for m in r['methods']])  # The method column.
+  head = (f'{"run":24} {"method":{w}} {"B/param":>8} {"guide":>6} {"eval loss":>10} '
           f'{"gap nats":>9} {"gap %":>7} {"bpb":>7}')
   rows = [head]
   for r in results:
     name = os.path.basename(os.path.normpath(r['run']))[:24]
     f = r['full']
-    rows.append(f'{name:24} {"float32":10} {f["bytes_per_param"]:8.4f} {2.0:6.2f} '
+    rows.append(f'{name:24} {"float32":{w}} {f["bytes_per_param"]:8.4f} {2.0:6.2f} '
                 f'{f["eval_loss"]:10.4f} {"":>9} {"":>7} {_f(f["eval_bpb"], "7.4f")}')
     for m, s in r['methods'].items():
       if 'skipped' in s:
-        rows.append(f'{name:24} {m:10} skipped: {s["skipped"]}')
+        rows.append(f'{name:24} {m:{w}} skipped: {s["skipped"]}')
         continue
-      rows.append(f'{name:24} {m:10} {s["bytes_per_param"]:8.4f} '
+      rows.append(f'{name:24} {m:{w}} {s["bytes_per_param"]:8.4f} '
                   f'{s["guide_bytes_per_param"]:6.2f} {s["eval_loss"]:10.4f} '
                   f'{s["gap_nats"]:+9.4f} {s["gap_pct"]:+7.2f} {_f(s["eval_bpb"], "7.4f")}')
   return '\n'.join(rows)
@@ -344,6 +379,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--method', action='append',
                  help=f'repeat for several; default: {" ".join(DEFAULT_METHODS)}')
   p.add_argument('--scale-dtype', default='float32', help='dtype of the scales: float32, bfloat16')
+  p.add_argument('--calib-batches', type=int, default=DEFAULT_CALIB_BATCHES,
+                 help='GPTQ/AWQ calibration: global batches of the run\'s training split '
+                      f'(default {DEFAULT_CALIB_BATCHES})')
   cli.add_json_argument(p)
   return p
 
@@ -355,14 +393,18 @@ def main(argv=None) -> int:
   if args.scale_dtype not in ('float32', 'bfloat16'):
     raise ConfigError(f'--scale-dtype {args.scale_dtype!r}: must be float32 or bfloat16')
   scale_dtype = jnp.dtype(args.scale_dtype)
+  if args.calib_batches < 1:
+    raise ConfigError(f'--calib-batches {args.calib_batches}: must be >= 1')
+  run = functools.partial(quantize_run, methods=methods, scale_dtype=scale_dtype,
+                          calib_batches=args.calib_batches)
   if args.workdir:
-    results = [quantize_run(args.workdir, methods, scale_dtype)]
+    results = [run(args.workdir)]
     result = results[0]
   else:
     runs, skipped = sweep_runs(args.runs)
     for msg in skipped:
       print(msg, file=sys.stderr)
-    results = [quantize_run(r, methods, scale_dtype, skip_bad_groups=True) for r in runs]
+    results = [run(r, skip_bad_groups=True) for r in runs]
     out = os.path.join(args.runs, 'quant')
     result = {'runs': results, 'skipped': skipped}
     tables.write_json(result, out, 'quant.json')

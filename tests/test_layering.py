@@ -19,7 +19,8 @@ SCALING_PURE = {'scaling.points', 'scaling.law', 'scaling.lbfgs', 'scaling.fit',
                 'scaling.plot', 'scaling.report', 'scaling.ladder', 'scaling.hparams', 'scaling.rules',
                 'scaling.moe_law'}
 SCALING_ARITHMETIC = {'scaling.plan', 'scaling.memory'}
-SCALING_COST = {'scaling.flops', 'scaling.aot', 'scaling.quant', 'scaling.export'}
+SCALING_COST = {'scaling.flops', 'scaling.aot', 'scaling.quant', 'scaling.gptq',
+                'scaling.export'}
 MODEL_JAX_FREE = {'model.counts'}
 
 # Third-party modules that may be imported inside a function (optional or heavy), with the reason.
