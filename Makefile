@@ -21,7 +21,7 @@ demo: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m launch.demo --workdir runs/isoflop_cpu
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # Opt-in: llama-cpp-python compiles llama.cpp from source (CMAKE_BUILD_PARALLEL_LEVEL sets the
 # compile jobs), then the tests marked llamacpp run the GGUF exports in it.

@@ -37,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.mla_kv_rank = 64  # MLA: rank C of the joint key/value latent (cached per token and layer with the RoPE key).
   m.mla_q_rank = 0  # MLA: rank of the query latent; 0 = queries straight from the residual stream.
   m.mla_rope_dim = 16  # MLA: head size of the decoupled RoPE query/key part (one RoPE key per token, shared by the heads); even.
+  m.fp8 = False  # FP8 training: the attention projections' and dense MLP's matmuls in FP8 (E4M3 inputs, E5M2 gradients, per-tensor current scaling; model/fp8.py). For H100/H200 and recent TPUs; on a CPU it emulates the numerics at float32 speed.
   m.qat = 'none'  # Quantization-aware training: 'none', 'int8' (per channel), 'int8-gG' or 'int4-gG' (G weights per scale): every weight fake-quantized in the forward, straight-through gradients (model/qat.py).
   # Mixture-of-Experts (model/moe.py); moe_num_experts = 0 keeps the dense SwiGLU MLP everywhere.
   m.moe_num_experts = 0  # Routed experts E per MoE layer; 0 = dense model.
@@ -113,34 +114,47 @@ def get_config() -> ml_collections.ConfigDict:
   # ---- Post-training (python -m train.post; train/post.py): the model, tokenizer and other optim.* come from post.base.
   p = c.post = ml_collections.ConfigDict()
   p.base = ''  # The pre-trained run folder (config.json, checkpoints/) whose newest checkpoint is the start and the reference.
-  p.method = 'sft'  # 'sft' (answer NLL), 'dpo', 'orpo', 'simpo' (pairs), 'kto' (thumbs up/down; train/prefs.py), 'grpo' (train/rl.py) or 'distill' (from post.teacher).
+  p.method = 'sft'  # 'sft' (answer NLL), 'dpo', 'orpo', 'simpo' (pairs), 'kto' (thumbs up/down; train/prefs.py), 'grpo' (train/rl.py), 'rm' (a reward model), 'ppo' (with post.reward_model; train/ppo.py) or 'distill' (from post.teacher).
   p.tasks = 'addition,sorting,copying,recall'  # Comma-separated verifiable tasks (train/tasks.py), each example's drawn uniformly.
   p.difficulty = 3  # Task size n in [2, 26]: digits per addend, digits to sort or copy, key-value pairs to recall.
   p.steps = 100  # Optimizer steps.
   p.lr = 1e-3  # Peak LR: the base's AdamW settings, warmup optim.warmup_fraction of post.steps, cosine to optim.min_lr_ratio * lr.
-  p.batch_size = 16  # Per step: packed windows (sft, distill), pairs (dpo/orpo/simpo), labelled answers (kto) or prompts (grpo).
+  p.batch_size = 16  # Per step: packed windows (sft, distill), pairs (dpo/orpo/simpo/rm), labelled answers (kto) or prompts (grpo, ppo).
   p.seq_len = 0  # Tokens per row; 0 = the base run's data.seq_len.
-  p.beta = 0.1  # DPO, KTO and GRPO: β, how strongly the policy is tied to the reference (the frozen starting policy); GRPO: the KL penalty's weight.
+  p.beta = 0.1  # DPO, KTO, GRPO and PPO: β, how strongly the policy is tied to the reference (the frozen starting policy); GRPO: the KL penalty's weight; PPO: the weight of the per-token KL penalty in the reward.
   p.simpo_beta = 2.0  # SimPO: β, the scale of the length-normalised reward.
   p.simpo_gamma = 0.5  # SimPO: γ, the target reward margin (nats per token times β).
   p.orpo_lambda = 0.1  # ORPO: λ, the weight of the log-odds-ratio term beside the chosen answers' NLL.
   p.kto_lambda_d = 1.0  # KTO: λ_D, the weight of desirable answers.
   p.kto_lambda_u = 1.0  # KTO: λ_U, the weight of undesirable answers.
-  p.group_size = 4  # GRPO: G, answers sampled per prompt (a step has post.batch_size prompts x G rows); >= 2.
-  p.grpo_epsilon = 0.2  # GRPO: ε, the clip range of the probability ratio π_θ/π_old.
-  p.grpo_updates = 1  # GRPO: μ, optimizer steps per sampled batch (the clip acts from the second).
-  p.temperature = 1.0  # GRPO: sampling temperature (top-p 1).
-  p.max_new_tokens = 0  # GRPO: tokens sampled per answer at most; 0 = post.difficulty + 2.
+  p.group_size = 4  # GRPO and PPO: G, answers sampled per prompt (a step has post.batch_size prompts x G rows); >= 2.
+  p.grpo_epsilon = 0.2  # GRPO and PPO: ε, the clip range of the probability ratio π_θ/π_old.
+  p.grpo_updates = 1  # GRPO and PPO: μ, optimizer steps per sampled batch (the clip acts from the second).
+  p.temperature = 1.0  # GRPO and PPO: sampling temperature (top-p 1).
+  p.max_new_tokens = 0  # GRPO and PPO: tokens sampled per answer at most; 0 = post.difficulty + 2.
+  p.reward_model = ''  # ppo: the reward-model run folder (trained with post.method='rm'; the same tokenizer and vocab_size as post.base).
+  p.rm_labels = 'truth'  # rm: who labels the preference pairs: 'truth' (the tasks' ground truth) or 'judge' (RLAIF: train/ppo.py's rule-based constitution judge).
+  p.ppo_gamma = 1.0  # PPO: γ, the discount per answer token in GAE, in (0, 1].
+  p.ppo_lambda = 0.95  # PPO: λ of GAE, in [0, 1] (0: one-step TD advantages, 1: Monte Carlo returns minus the value).
+  p.ppo_value_coef = 0.5  # PPO: c_v, the weight of the critic's clipped value loss beside the policy loss.
+  p.ppo_value_clip = 0.2  # PPO: ε_v, how far a value may move from its rollout value before its loss is clipped (reward units).
+  p.ppo_critic_init = 'base'  # PPO: the critic starts as 'base' (a copy of post.base, head zero) or 'reward_model' (a copy of post.reward_model, head included, as InstructGPT; an rm run without post.peft).
   p.teacher = ''  # distill: the teacher run folder (the same tokenizer and vocab_size as post.base).
   p.distill_temperature = 2.0  # distill: τ of the softened distributions (the loss is scaled by τ²).
+  p.distill_source = 'logits'  # distill: 'logits' (the teacher's distributions on the gold answers, forward KL) or 'text' (SFT on answers the teacher writes; train/distill.py).
+  p.distill_text_temperature = 0.0  # distill, source 'text': the teacher's sampling temperature; 0 = greedy.
   p.eval_prompts = 64  # Held-out prompts decoded greedily for exact match and reward (before, at evals and after).
   p.eval_every = 0  # Steps between held-out evaluations; 0 = only before and after training.
   p.log_every = 10  # Steps between console/TensorBoard train logs.
   p.checkpoint_every = 0  # Steps between checkpoints; 0 = only at the end.
   p.seed = 0  # Seeds the task draws (training batches and the held-out set).
-  p.peft = 'none'  # 'none' (every parameter trains), 'lora', 'qlora' (NF4 base), 'dora' or 'ia3': adapters on the frozen base (train/peft.py).
+  p.peft = 'none'  # 'none' (every parameter trains), 'lora', 'qlora' (NF4 base), 'dora', 'ia3', 'adapter' (bottleneck), 'prefix' or 'prompt' tuning: on the frozen base (train/peft.py).
   p.lora_rank = 8  # LoRA/QLoRA/DoRA: r, the adapters' rank (r·(d+k) numbers per adapted d x k kernel and layer).
   p.lora_alpha = 16.0  # LoRA/QLoRA/DoRA: α; the update is (α/r)·A B.
   p.lora_targets = 'attn,mlp'  # LoRA/QLoRA/DoRA: kernels to adapt: 'attn' (q,k,v,o), 'mlp' (gate,up,down) or single names, comma-separated.
   p.qlora_block = 64  # QLoRA: weights per NF4 absmax scale, along each kernel's contraction dimension.
+  p.adapter_dim = 16  # adapter: r, the bottleneck width (2·d·r + r + d numbers per adapter and layer, biases included).
+  p.adapter_targets = 'attn,mlp'  # adapter: the sublayers an adapter follows: 'attn,mlp' (Houlsby) or 'mlp' (Pfeiffer).
+  p.prefix_len = 8  # prefix: P, learned keys and values per layer and kv head (L·2·P·n_kv_heads·head_dim numbers; GQA only).
+  p.prompt_len = 8  # prompt: P, learned input embeddings before the tokens (P·d numbers).
   return c

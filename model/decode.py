@@ -11,7 +11,7 @@ what it would alone.
 
 The cache is a dict of arrays with a leading layer axis, in model.compute_dtype:
 GQA/MHA {'k', 'v'}: (L, B, T, G, K) each; MLA {'latent': (L, B, T, C),
-'rope_key': (L, B, T, R)}; T = longest prompt + max new tokens.
+'rope_key': (L, B, T, R)}; T = longest prompt + max new tokens (+ P, below).
 `forward_cached` runs the model's own modules (`Transformer.embed`, each
 `Block.decode`, `Transformer.logits`), scanning each stack of layers with
 nnx.scan and handing layer l its slice of the cache; MoE layouts split the
@@ -21,6 +21,12 @@ Sampling: temperature 0 is greedy (argmax). Otherwise tokens are drawn from
 softmax(logits / temperature) restricted to the top-p nucleus: the most likely
 tokens until their probability reaches p, the most likely always kept (so
 p -> 0 is greedy; p = 1 keeps every token).
+
+Prefix and prompt tuning (train/peft.py): a model with n_virtual = P puts its
+tokens at positions P.., so the cache is P slots longer and `forward_cached`
+adds P to the positions it is given; slots 0..P-1 hold the prefix (each
+attention layer writes its own) or the prompt's virtual tokens, which `prime`
+runs through the layers once before the prefill.
 
 MoE layers decode in eval mode (sigmoid routing's bias stays fixed). On a
 one-token step the capacity dispatch path keeps every assignment (capacity 1
@@ -73,10 +79,29 @@ def forward_cached(model, tokens_BS, cache: dict, pos_B):
   """S new tokens per row at positions pos_B[b] + 0..S-1: -> (logits_BSV float32, new cache).
 
   Prefill is the call with pos_B = 0 and the padded prompts; a decode step is
-  S = 1 at each row's next position. Rows must satisfy pos_B[b] + S <= T. A
+  S = 1 at each row's next position. Rows must satisfy n_virtual + pos_B[b] + S <= T. A
   model.qat run decodes with its fake-quantized weights, as it trained.
   """
   model = qat.fake_quantized(model, getattr(model.cfg, 'qat', 'none'))
+  if model.n_virtual:  # Prefix or prompt tuning: slots 0..P-1 are theirs.
+    pos_B = pos_B + model.n_virtual
+  x_BSD, cache = _through_layers(model, model.embed(tokens_BS), cache, pos_B)
+  return model.logits(x_BSD), cache
+
+
+def prime(model, cache: dict):
+  """`cache` with slots 0..P-1 of every row holding prompt tuning's P virtual tokens; as it is
+  for a model without a prompt (call it once, before the prefill)."""
+  if model.prompt is None:
+    return cache
+  model = qat.fake_quantized(model, getattr(model.cfg, 'qat', 'none'))
+  B = jax.tree.leaves(cache)[0].shape[1]
+  x_BPD = model.prompt.embeddings(B, model.compute_dtype)
+  return _through_layers(model, x_BPD, cache, jnp.zeros((B,), jnp.int32))[1]
+
+
+def _through_layers(model, x_BSD, cache: dict, pos_B):
+  """x_BSD at cache slots pos_B[b] + 0..S-1 through every layer: -> (x_BSD, new cache)."""
   n_lead, n_periods, n_tail = model.layout
 
   def block_decode(block, x_BSD, c):
@@ -90,7 +115,6 @@ def forward_cached(model, tokens_BS, cache: dict, pos_B):
     return x_BSD, jax.tree.map(lambda d, m: jnp.concatenate([d, m[None]]), dense, last)
 
   L = model.cfg.n_layers
-  x_BSD = model.embed(tokens_BS)
   parts = []  # Each scan returns its stack's updated slices (so a call writes the whole cache).
   if model.blocks is not None:
     x_BSD, c = _scan_layers(block_decode, model.blocks, x_BSD, _layers(cache, 0, n_lead))
@@ -104,7 +128,7 @@ def forward_cached(model, tokens_BS, cache: dict, pos_B):
     x_BSD, c = _scan_layers(block_decode, model.tail_blocks, x_BSD, _layers(cache, L - n_tail, L))
     parts.append(c)
   cache = parts[0] if len(parts) == 1 else jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
-  return model.logits(x_BSD), cache
+  return x_BSD, cache
 
 
 def sample(logits_BV, key, temperature, top_p, greedy: bool = False):
@@ -134,6 +158,7 @@ class Generator:
   def __init__(self, model):
     self.graphdef, self.state = nnx.split(model)
     self.cfg = model.cfg
+    self.n_virtual = model.n_virtual  # Prefix or prompt tuning: P cache slots before the tokens.
     self._run = jax.jit(self._generate_BN, static_argnames=('max_new_tokens', 'greedy',
                                                             'vocab_limit'))
 
@@ -169,12 +194,16 @@ class Generator:
                    max_new_tokens: int, greedy: bool, vocab_limit: int):
     """Prefill, then max_new_tokens - 1 decode steps (lax.scan): -> new tokens (B, N) int32."""
     B, T = tokens_BT.shape
-    cache = init_cache(self.cfg, B, T + max_new_tokens)
 
-    def run(state, tokens_BS, cache, pos_B):
+    def model_of(state):
       model = nnx.merge(self.graphdef, state)
       model.eval()  # MoE: no router-bias updates while generating.
-      return forward_cached(model, tokens_BS, cache, pos_B)
+      return model
+
+    def run(state, tokens_BS, cache, pos_B):
+      return forward_cached(model_of(state), tokens_BS, cache, pos_B)
+
+    cache = prime(model_of(state), init_cache(self.cfg, B, self.n_virtual + T + max_new_tokens))
 
     def pick(logits_BV, k):
       return sample(logits_BV[:, :vocab_limit], k, temperature, top_p, greedy)

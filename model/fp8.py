@@ -1,4 +1,4 @@
-"""FP8 matmuls with per-tensor scaling: the numerics of FP8 training (not wired into the model yet).
+"""FP8 matmuls with per-tensor scaling: the numerics of FP8 training (`model.fp8`).
 
 Formats (OCP FP8, as on H100/H200 and recent TPUs): matmul inputs in E4M3
 (`float8_e4m3fn`: 3 mantissa bits, largest finite 448, no infinities) and the
@@ -27,8 +27,10 @@ values are exact in float32), at float32 speed.
 Whose is what: `quantize`/`dequantize` (saturating casts), `compute_scale` (Transformer
 Engine's rule) and `compute_amax_history` are flax's (flax.linen.fp8_ops), reused
 here; the current-scaling wrapper, `fp8_dense` and its backward are written here.
-Not wired: no config field selects fp8_dense in the model's matmuls, and delayed
-scaling's history would need the train step to carry and update it (train/step.py).
+`model.fp8 = True` makes fp8_dense the matmul of the attention projections and the
+dense MLP (`model.transformer.matmul_fn`), with current scaling. Delayed scaling is
+written and tested here but not wired: its history would need the train step to
+carry and update it (train/step.py).
 """
 
 import math

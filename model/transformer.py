@@ -32,6 +32,14 @@ at per-row positions go through every layer with that layer's KV cache (GQA:
 keys and values, (B, T, G, K) each; MLA: the latent (B, T, C) and the RoPE key
 (B, T, R)); `__call__` is the training path and never touches a cache.
 
+PEFT hooks (train/peft.py puts a module in each; None in a plain model, which
+then runs as before): `Block.attn_adapter` / `Block.mlp_adapter` transform a
+sublayer's output before the residual add; `Attention.prefix` holds learned
+keys and values in cache slots 0..P-1, which the training path attends through
+`decode`; `Transformer.prompt` puts P learned embeddings before the tokens and
+`residual` drops their outputs. `n_virtual` = P (prefix or prompt) shifts the
+tokens to positions P.. (model/decode.py adds it to the decode positions).
+
 Shape suffixes: B batch, T sequence (cache length in `decode`), S new tokens,
 D d_model, H query heads, G kv heads, K head size, F MLP width, V vocabulary,
 L layers, P MoE periods; MLA: C kv latent rank, Q query latent rank, R RoPE
@@ -44,6 +52,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from model import fp8 as fp8_lib
 from model import moe as moe_lib
 from model import qat
 from model.sharding import constrain
@@ -123,6 +132,14 @@ def dense(x, w, n_in: int = 1):
   return (x.reshape(rows, k) @ w.reshape(k, math.prod(out))).reshape(*lead, *out)
 
 
+def matmul_fn(cfg):
+  """The weight matmul of the attention projections and the dense MLP: `dense`, or under
+  model.fp8 `model.fp8.fp8_dense` (E4M3 inputs, E5M2 gradients, one current scale per tensor;
+  the embedding, the head, the attention core, MLA's and the MoE experts' matmuls keep
+  compute_dtype, as Transformer Engine's recipe keeps the first and last layers)."""
+  return fp8_lib.fp8_dense if cfg.get('fp8', False) else dense
+
+
 class RMSNorm(nnx.Module):
 
   def __init__(self, dim: int, eps: float, *, rngs: nnx.Rngs):
@@ -178,6 +195,8 @@ class Attention(nnx.Module):
     self.rope_theta = cfg.rope_theta
     self.impl = cfg.attention_impl
     self.scale = 1.0 / K if is_mup(cfg) else None  # None: jax's 1/sqrt(K), as SP always had.
+    self.prefix = None  # PEFT hook: learned keys and values for cache slots 0..P-1 (train/peft.py).
+    self.matmul = matmul_fn(cfg)
 
   @staticmethod
   def cache_shapes(cfg, batch: int, max_len: int) -> dict[str, tuple[int, ...]]:
@@ -188,9 +207,9 @@ class Attention(nnx.Module):
   def _qkv(self, x_BTD, positions_BT=None):
     """Queries, keys and values of x_BTD, normed and rotated: (q_BTHK, k_BTGK, v_BTGK)."""
     dt = x_BTD.dtype
-    q_BTHK = dense(x_BTD, self.wq_DHK[...].astype(dt))
-    k_BTGK = dense(x_BTD, self.wk_DGK[...].astype(dt))
-    v_BTGK = dense(x_BTD, self.wv_DGK[...].astype(dt))
+    q_BTHK = self.matmul(x_BTD, self.wq_DHK[...].astype(dt))
+    k_BTGK = self.matmul(x_BTD, self.wk_DGK[...].astype(dt))
+    v_BTGK = self.matmul(x_BTD, self.wv_DGK[...].astype(dt))
     if self.q_norm is not None:
       q_BTHK, k_BTGK = self.q_norm(q_BTHK), self.k_norm(k_BTGK)
     q_BTHK = rope(q_BTHK, self.rope_theta, positions_BT)
@@ -198,9 +217,13 @@ class Attention(nnx.Module):
     return q_BTHK, k_BTGK, v_BTGK
 
   def _out(self, o_BTHK):
-    return dense(o_BTHK, self.wo_HKD[...].astype(o_BTHK.dtype), n_in=2)
+    return self.matmul(o_BTHK, self.wo_HKD[...].astype(o_BTHK.dtype), n_in=2)
 
   def __call__(self, x_BTD):
+    if self.prefix is not None:  # Prefix tuning: the tokens at positions P.. after the prefix.
+      B, T, _ = x_BTD.shape
+      pos_B = jnp.full((B,), self.prefix.length, jnp.int32)
+      return self.decode(x_BTD, self.prefix.empty_cache(B, T, x_BTD.dtype), pos_B)[0]
     q_BTHK, k_BTGK, v_BTGK = self._qkv(x_BTD)
     q_BTHK = constrain(q_BTHK, ('batch', 'seq', 'act_heads', None))
     # GQA: H query heads share G kv heads; the fused kernels handle the grouping.
@@ -216,6 +239,8 @@ class Attention(nnx.Module):
     """
     positions_BS = pos_B[:, None] + jnp.arange(x_BSD.shape[1])
     q_BSHK, k_BSGK, v_BSGK = self._qkv(x_BSD, positions_BS)
+    if self.prefix is not None:  # Slots 0..P-1 always hold the prefix.
+      cache = self.prefix.write(cache)
     cache = {'k': write_cache(cache['k'], k_BSGK, pos_B),
              'v': write_cache(cache['v'], v_BSGK, pos_B)}
     mask_B1ST = visible(positions_BS, cache['k'].shape[1])[:, None]
@@ -346,13 +371,14 @@ class MLP(nnx.Module):
     self.gate_DF = _param(rngs, _normal, (D, F), ('embed', 'mlp'), std)
     self.up_DF = _param(rngs, _normal, (D, F), ('embed', 'mlp'), std)
     self.down_FD = _param(rngs, _normal, (F, D), ('mlp', 'embed'), std)
+    self.matmul = matmul_fn(cfg)
 
   def __call__(self, x_BTD):
     dt = x_BTD.dtype
-    h_BTF = (jax.nn.silu(dense(x_BTD, self.gate_DF[...].astype(dt))) *
-             dense(x_BTD, self.up_DF[...].astype(dt)))
+    h_BTF = (jax.nn.silu(self.matmul(x_BTD, self.gate_DF[...].astype(dt))) *
+             self.matmul(x_BTD, self.up_DF[...].astype(dt)))
     h_BTF = constrain(h_BTF, ('batch', 'seq', 'act_mlp'))
-    return dense(h_BTF, self.down_FD[...].astype(dt))
+    return self.matmul(h_BTF, self.down_FD[...].astype(dt))
 
 
 class Block(nnx.Module):
@@ -364,20 +390,27 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs=rngs)
     self.mlp = moe_lib.MoE(cfg, rngs=rngs) if moe else MLP(cfg, rngs=rngs)
     self.is_moe = moe
+    self.attn_adapter = self.mlp_adapter = None  # PEFT hooks: h_BTD -> h_BTD, sublayer outputs.
 
   def __call__(self, x_BTD):
-    return self._mlp_residual(x_BTD + self.attn(self.attn_norm(x_BTD)))
+    return self._mlp_residual(x_BTD + _adapt(self.attn_adapter, self.attn(self.attn_norm(x_BTD))))
 
   def decode(self, x_BSD, cache: dict, pos_B):
     """S new tokens at positions pos_B[b] + 0..S-1 with this layer's cache: -> (x_BSD, cache)."""
     a_BSD, cache = self.attn.decode(self.attn_norm(x_BSD), cache, pos_B)
-    return self._mlp_residual(x_BSD + a_BSD)[0], cache
+    return self._mlp_residual(x_BSD + _adapt(self.attn_adapter, a_BSD))[0], cache
 
   def _mlp_residual(self, x_BTD):
     """x + MLP(norm(x)), or the MoE layer's: -> (x_BTD, aux)."""
     h_BTD = self.mlp_norm(x_BTD)
     y_BTD, aux = self.mlp(h_BTD) if self.is_moe else (self.mlp(h_BTD), {})
+    y_BTD = _adapt(self.mlp_adapter, y_BTD)
     return constrain(x_BTD + y_BTD, ('batch', 'seq', 'act_embed')), aux
+
+
+def _adapt(adapter, h_BTD):
+  """A sublayer's output through its PEFT adapter, if it has one."""
+  return h_BTD if adapter is None else adapter(h_BTD)
 
 
 def _stack(n: int, make, rngs: nnx.Rngs):
@@ -483,6 +516,8 @@ class Transformer(nnx.Module):
     self.compute_dtype = jnp.dtype(cfg.compute_dtype)
     self.readout_mult = 1.0 / width_multiplier(cfg) if is_mup(cfg) else None  # µP: logits / m.
     self.layout = (n_lead, n_periods, n_tail)  # Layers per stack, in order (model/decode.py).
+    self.prompt = None  # PEFT hook: P learned embeddings before the tokens (train/peft_hooks.py).
+    self.n_virtual = 0  # P of prefix or prompt tuning: the tokens sit at positions P.. .
 
   def embed(self, tokens_BT):
     """Token ids (B, T) int32 -> the residual stream x_BTD in compute_dtype."""
@@ -515,6 +550,8 @@ class Transformer(nnx.Module):
     """-> (x_BTD, aux): the residual stream after the last block (before the final norm), and aux."""
     cfg = self.cfg
     x_BTD = self.embed(tokens_BT)
+    if self.prompt is not None:
+      x_BTD = self.prompt.prepend(x_BTD)
     aux = {}
     if self.blocks is not None:
       x_BTD, _ = _scan(_block_fn(cfg), self.blocks, x_BTD, cfg)
@@ -523,6 +560,8 @@ class Transformer(nnx.Module):
       aux = jax.tree.map(lambda a_P: jnp.mean(a_P, axis=0), aux_P)
     if self.tail_blocks is not None:
       x_BTD, _ = _scan(_block_fn(cfg), self.tail_blocks, x_BTD, cfg)
+    if self.prompt is not None:  # The virtual tokens' outputs are no one's prediction.
+      x_BTD = x_BTD[:, self.prompt.length:]
     return x_BTD, aux
 
   def __call__(self, tokens_BT):

@@ -26,6 +26,7 @@ def cfg(**overrides):
     (dict(model__d_model=120, model__n_heads=8), 'head size must be even'),
     (dict(model__remat='sometimes'), "model.remat='sometimes'"),
     (dict(model__compute_dtype='float8'), "model.compute_dtype='float8'"),
+    (dict(model__fp8=True, model__qat='int8'), "model.fp8=True with model.qat='int8': choose one"),
     (dict(data__seq_len=0), 'data.seq_len=0'),
     (dict(data__global_batch_size=12, mesh__data=8), 'data.global_batch_size=12 is not divisible'),
     (dict(data__source='web'), "data.source='web'"),

@@ -108,3 +108,57 @@ def test_dtypes_are_kept_and_the_gradient_compiles():
                             argnums=(0, 1)))(x, w)
   assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.float32
   assert np.all(np.isfinite(np.asarray(dw))) and float(jnp.abs(dw).max()) > 0
+
+
+# ---------------------------------------------------------------------------- model.fp8
+
+
+def _tiny_model(**overrides):
+  from configs import base
+  from flax import nnx
+  from model.transformer import Transformer
+  m = base.get_config().model
+  m.update(dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64))
+  m.update(overrides)
+  return Transformer(m, rngs=nnx.Rngs(0))
+
+
+def _loss(model, tokens):
+  import optax
+  logits = model.forward(tokens[:, :-1])[0]
+  return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+
+def test_model_fp8_runs_the_projections_and_mlp_in_e4m3_with_e5m2_gradients():
+  from flax import nnx
+  tokens = jnp.asarray(np.random.default_rng(1).integers(0, 64, (2, 17)), jnp.int32)
+  plain, eight = _tiny_model(), _tiny_model(fp8=True)  # Same seed: the same weights.
+  assert plain.blocks.attn.matmul is dense and eight.blocks.mlp.matmul is fp8.fp8_dense
+  jaxpr = str(jax.make_jaxpr(lambda m: nnx.grad(_loss)(m, tokens))(eight))
+  # Per layer (scanned once): q, k, v, o, gate, up, down; each quantizes both operands forward.
+  assert jaxpr.count('f8_e4m3fn') >= 14 and 'f8_e5m2' in jaxpr
+  assert 'f8_e4m3fn' not in str(jax.make_jaxpr(lambda m: _loss(m, tokens))(plain))
+  loss_and_grad = nnx.jit(nnx.value_and_grad(_loss))
+  (l32, g32), (l8, g8) = loss_and_grad(plain, tokens), loss_and_grad(eight, tokens)
+  assert l8 != l32 and abs(l8 - l32) < 0.02 * l32  # E4M3 rounding, no more.
+  a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(nnx.state(g, nnx.Param))]) for g in (g32, g8))
+  assert np.isfinite(b).all() and np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b) > 0.99
+
+
+def test_a_few_fp8_steps_lower_the_loss_like_float_steps():
+  import optax
+  from flax import nnx
+  tokens = jnp.asarray(np.tile(np.arange(17) % 7, (4, 1)), jnp.int32)  # Learnable in a few steps.
+  out = {}
+  for flag in (False, True):
+    model = _tiny_model(fp8=flag)
+    opt = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, opt):
+      loss, g = nnx.value_and_grad(_loss)(model, tokens)
+      opt.update(model, g)
+      return loss
+    out[flag] = [float(step(model, opt)) for _ in range(12)]
+  assert out[True][-1] < 0.5 * out[True][0]
+  assert abs(out[True][-1] - out[False][-1]) < 0.2 * out[False][0]

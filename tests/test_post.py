@@ -66,7 +66,7 @@ def test_the_stream_is_a_function_of_the_step_and_checkpoints_it():
 
 def test_post_errors_name_each_bad_key():
   assert config_check.post_errors(base.get_config().post) == []
-  c = _post('x', method='ppo', tasks='addition,chess', difficulty=1, lr=0.0, seq_len=-1,
+  c = _post('x', method='rlhf', tasks='addition,chess', difficulty=1, lr=0.0, seq_len=-1,
             simpo_gamma=-1.0)
   errors = '\n'.join(config_check.post_errors(c.post))
   for key in ('post.method', 'post.tasks', 'post.difficulty', 'post.lr', 'post.seq_len',
@@ -182,8 +182,8 @@ def test_a_workdir_of_another_post_training_run_is_refused(sft_run, byte_run, ca
 def test_command_line_bad_method_exits_2_without_traceback(byte_run, tmp_path):
   p = subprocess.run([sys.executable, '-m', 'train.post', '--config', 'configs/base.py',
                       '--workdir', str(tmp_path / 'w'), f'--config.post.base={byte_run}',
-                      '--config.post.method=ppo'], cwd=REPO, capture_output=True, text=True,
+                      '--config.post.method=rlhf'], cwd=REPO, capture_output=True, text=True,
                      timeout=120, env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert p.returncode == 2, p.stderr
-  assert "post.method='ppo'" in p.stderr and 'Traceback' not in p.stderr
+  assert "post.method='rlhf'" in p.stderr and 'Traceback' not in p.stderr
   assert p.stderr.startswith('error: ')

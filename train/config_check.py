@@ -29,7 +29,10 @@ TOKENIZERS = ('byte', 'bpe')
 ATTENTION_IMPLS = ('xla', 'cudnn', None)
 NONFINITE_POLICIES = ('stop', 'skip')
 SCHEDULES = ('cosine', 'wsd')
-POST_METHODS = ('sft', 'dpo', 'orpo', 'simpo', 'kto', 'grpo', 'distill')  # python -m train.post
+POST_METHODS = ('sft', 'dpo', 'orpo', 'simpo', 'kto', 'grpo', 'rm', 'ppo', 'distill')  # train.post
+RM_LABELS = ('truth', 'judge')  # post.rm_labels: the tasks' ground truth, or train/ppo.py's judge.
+CRITIC_INITS = ('base', 'reward_model')  # post.ppo_critic_init: what PPO's critic starts as.
+DISTILL_SOURCES = ('logits', 'text')  # post.distill_source: the teacher's logits, or its text.
 
 
 def _positive_ints(c, section: str, keys, errors):
@@ -69,8 +72,15 @@ def model_errors(m) -> list[str]:
   _choice(c, 'model', 'attention_impl', ATTENTION_IMPLS, errors)
   if not errors:
     errors += moe.moe_errors(m) + attention_errors(m) + parameterization_errors(m)
-    errors += scan_unroll_errors(m) + qat.qat_errors(m)
+    errors += scan_unroll_errors(m) + qat.qat_errors(m) + fp8_errors(m)
   return errors
+
+
+def fp8_errors(m) -> list[str]:
+  """model.fp8 not with QAT (which quantizes the same weights another way)."""
+  if m.get('fp8', False) and m.qat != 'none':
+    return [f"model.fp8=True with model.qat={m.qat!r}: choose one (FP8 training, or QAT's fake-quantized weights)"]
+  return []
 
 
 def data_errors(d) -> list[str]:
@@ -202,6 +212,11 @@ def post_errors(p) -> list[str]:
   errors = []
   c = {'post': p}
   _choice(c, 'post', 'method', POST_METHODS, errors)
+  _choice(c, 'post', 'rm_labels', RM_LABELS, errors)
+  _choice(c, 'post', 'ppo_critic_init', CRITIC_INITS, errors)
+  if p.method == 'ppo' and not p.reward_model:
+    errors.append("post.reward_model is empty: post.method='ppo' needs a reward-model run, one "
+                  "trained with post.method='rm' (--config.post.reward_model=DIR)")
   names = tasks.task_names(p.tasks)
   unknown = [t for t in names if t not in tasks.TASKS]
   if not names or unknown:
@@ -220,10 +235,15 @@ def post_errors(p) -> list[str]:
     if not isinstance(p[k], int) or p[k] < 0:
       errors.append(f'post.{k}={p[k]!r}: must be an integer >= 0')
   for k in ('lr', 'beta', 'simpo_beta', 'kto_lambda_d', 'kto_lambda_u', 'grpo_epsilon',
-            'temperature', 'distill_temperature'):
+            'temperature', 'distill_temperature', 'ppo_value_coef', 'ppo_value_clip'):
     if not (math.isfinite(p[k]) and p[k] > 0):
       errors.append(f'post.{k}={p[k]!r}: must be > 0')
-  for k in ('simpo_gamma', 'orpo_lambda'):
+  if not (math.isfinite(p.ppo_gamma) and 0 < p.ppo_gamma <= 1):
+    errors.append(f'post.ppo_gamma={p.ppo_gamma!r}: must be in (0, 1] (the discount per token)')
+  if not (math.isfinite(p.ppo_lambda) and 0 <= p.ppo_lambda <= 1):
+    errors.append(f'post.ppo_lambda={p.ppo_lambda!r}: must be in [0, 1] (GAE\'s λ)')
+  _choice(c, 'post', 'distill_source', DISTILL_SOURCES, errors)
+  for k in ('simpo_gamma', 'orpo_lambda', 'distill_text_temperature'):
     if not (math.isfinite(p[k]) and p[k] >= 0):
       errors.append(f'post.{k}={p[k]!r}: must be >= 0')
   return errors + peft.peft_errors(p)

@@ -5,6 +5,11 @@ Continues each prompt with a run's newest intact checkpoint and prints the compl
 
 - The model is the run's config.json (fields added to configs/base.py since
   the run keep their defaults), built by train.step.build on one device.
+  A post.peft run (python -m train.post) is rebuilt as it trained: the base
+  adapted by its `post` block (train.peft.abstract_run), then LoRA, QLoRA,
+  DoRA and (IA)³ are folded into plain kernels (peft.merge), so decoding runs
+  at the base's speed; adapters, prefixes and prompts decode through the
+  model's hooks.
 - The weights are the newest step that passes its checks
   (Checkpointer.restore_latest; as in training, bad steps are moved to
   checkpoints/corrupt/).
@@ -37,6 +42,7 @@ from model import decode, sharding
 from model.counts import param_counts
 from train import checkpoint as ckpt_lib
 from train import config_check
+from train import peft
 from train import step as step_lib
 from train import tokenizer as tok_lib
 
@@ -99,10 +105,17 @@ def run_tokenizer(workdir: str, config):
 
 
 def restore_model(workdir: str, config):
-  """(step, model) from the newest intact checkpoint of the run, on one device."""
-  step, program, state = restore_state(workdir, config)
-  model, _ = nnx.merge(program.graphdef, state)
-  return step, model
+  """(step, model) from the newest intact checkpoint of the run, on one device; a post.peft
+  run's adapted model, with its LoRA-family adapters merged (module docstring)."""
+  if config.post.peft == 'none':
+    step, program, state = restore_state(workdir, config)
+    graphdef = program.graphdef
+  else:
+    mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+    graphdef, abstract = peft.abstract_run(config, mesh)
+    step, state = _restore_latest(workdir, config, mesh, abstract)
+  model, _ = nnx.merge(graphdef, state)
+  return step, (model if config.post.peft == 'none' else peft.merge(model))
 
 
 def restore_state(workdir: str, config):
@@ -110,15 +123,21 @@ def restore_state(workdir: str, config):
 
   `state` is the (model, optimizer) nnx.State that `program.eval_step` takes.
   """
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+  program = step_lib.build(config, mesh)
+  step, state = _restore_latest(workdir, config, mesh, program.abstract_state)
+  return step, program, state
+
+
+def _restore_latest(workdir: str, config, mesh, abstract_state):
+  """(step, state): the run's newest intact checkpoint restored into `abstract_state`."""
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise ConfigError(f'{workdir} has no checkpoints/ folder: the run saved no checkpoint '
                       '(train.checkpoint_every=0, or it stopped before its first save)')
-  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-  program = step_lib.build(config, mesh)
   checkpointer = ckpt_lib.Checkpointer(workdir, config.train.keep_checkpoints)
   try:
     with sharding.use_mesh(mesh):
-      step, state = checkpointer.restore_latest(program.abstract_state, _NoData())
+      step, state = checkpointer.restore_latest(abstract_state, _NoData())
   except ckpt_lib.CheckpointMismatch as e:
     raise ConfigError(f'{e}: the checkpoint was saved with another config than '
                       f'{os.path.join(workdir, "config.json")}') from None
@@ -128,7 +147,7 @@ def restore_state(workdir: str, config):
     checkpointer.close()
   if not step:
     raise ConfigError(f'no intact checkpoint in {checkpointer.dir}')
-  return step, program, state
+  return step, state
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -166,8 +185,9 @@ def main(argv=None) -> int:
   tokenizer = run_tokenizer(args.workdir, config)
   prompts = [[tokenizer.eos_id] + tokenizer.encode(p) for p in args.prompt]
   step, model = restore_model(args.workdir, config)
-  print(f'{args.workdir}: step {step}, {param_counts(config.model).total:,} params, tokenizer '
-        f'{tokenizer.name}', file=sys.stderr)
+  adapted = f' (post.peft={config.post.peft!r})' if config.post.peft != 'none' else ''
+  print(f'{args.workdir}: step {step}, {param_counts(config.model).total:,} params{adapted}, '
+        f'tokenizer {tokenizer.name}', file=sys.stderr)
   new = decode.Generator(model).generate(
       prompts, args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
       seed=args.seed, eos_id=tokenizer.eos_id, vocab_limit=tokenizer.vocab_size)

@@ -7,9 +7,12 @@ docstring says, returned with a dict of float32 scalar metrics.
   sft     the answers' NLL per answer token (packed windows, prompt masked)
   dpo, orpo, simpo, kto   train/prefs.py's losses on per-sequence log-probabilities
   grpo    train/rl.py's clipped group-relative objective, KL to the reference
-  distill forward KL to the teacher's distribution at temperature τ (`distill_loss`)
+  rm      train/ppo.py's Bradley–Terry loss of a reward model on preference pairs
+  ppo     train/ppo.py's clipped policy loss plus the critic's clipped value loss
+  distill forward KL to the teacher's distribution at temperature τ (`distill_loss`); with
+          post.distill_source='text', sft on the answers the teacher wrote (train/distill.py)
 
-The reference state is the frozen model that dpo, kto and grpo compare with
+The reference state is the frozen model that dpo, kto, grpo and ppo compare with
 (the starting policy) or, for distill, the teacher; it carries no gradient.
 """
 
@@ -17,10 +20,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from train import ppo
 from train import prefs
 from train import rl
 
-WITH_REFERENCE = ('dpo', 'kto', 'grpo', 'distill')  # Methods whose loss reads a frozen model.
+WITH_REFERENCE = ('dpo', 'kto', 'grpo', 'ppo', 'distill')  # Methods that read a frozen model.
 
 
 def answer_logprobs(model, batch):
@@ -95,4 +99,11 @@ def make_loss(p, ref_graphdef):
     kl = distill_loss(student_BTV, teacher_BTV, batch['mask'], p.distill_temperature)
     return kl, {}
 
-  return {'sft': sft, 'kto': kto, 'grpo': grpo, 'distill': distill}.get(p.method, paired)
+  def rm(model, batch, ref_state):
+    return ppo.reward_model_loss(model, batch)
+
+  def ppo_(model, batch, ref_state):
+    return ppo.ppo_loss(model, batch, p)
+
+  return {'sft': sft, 'kto': kto, 'grpo': grpo, 'rm': rm, 'ppo': ppo_,
+          'distill': sft if p.distill_source == 'text' else distill}.get(p.method, paired)

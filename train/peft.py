@@ -1,4 +1,5 @@
-"""Parameter-efficient fine-tuning on a frozen base: LoRA, QLoRA, DoRA and (IA)³ (post.peft).
+"""Parameter-efficient fine-tuning on a frozen base: LoRA, QLoRA, DoRA, (IA)³, bottleneck
+adapters, prefix and prompt tuning (post.peft).
 
 Where. The kernels that model/transformer.py multiplies through its `dense`:
 grouped-query attention's q, k, v, o (wq_DHK, wk_DGK, wv_DGK, wo_HKD) and the
@@ -29,6 +30,18 @@ optimizer holds state for them alone (wrt=Adapter); the vector-like ones (m,
 l) are named `scale`, so train.optim's mask spares them weight decay.
 `merge` folds the adapters into plain kernels (W + (α/r)·A B, times the
 scales): the model a plain run would hold.
+
+Added modules (train/peft_hooks.py, in model/transformer.py's hooks; `merge`
+keeps them, decoding goes through them):
+
+  adapter  a bottleneck after each sublayer post.adapter_targets names ('attn,mlp':
+           Houlsby et al. 2019; 'mlp': Pfeiffer et al.'s placement), width
+           r = post.adapter_dim, with biases: 2·d·r + r + d numbers per adapter and layer
+  prefix   P = post.prefix_len keys and values per kv head and layer: L·2·P·G·K
+           numbers (GQA only: MLA caches a latent, not keys and values)
+  prompt   P = post.prompt_len input embeddings: P·d numbers
+
+`abstract_run` rebuilds a post.peft run's checkpointed state (train.generate).
 """
 
 import dataclasses
@@ -40,11 +53,19 @@ import jax.numpy as jnp
 import numpy as np
 import qwix
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
-from model import transformer
+from model import sharding, transformer
+from train import optim
+from train import peft_hooks
+from train.peft_hooks import Adapter
 
-KINDS = ('none', 'lora', 'qlora', 'dora', 'ia3')
+KINDS = ('none', 'lora', 'qlora', 'dora', 'ia3', 'adapter', 'prefix', 'prompt')
 LOW_RANK = ('lora', 'qlora', 'dora')  # With A and B: post.lora_rank, lora_alpha, lora_targets.
+ADDED = ('adapter', 'prefix', 'prompt')  # Modules beside the base (train/peft_hooks.py).
+ADAPTER_TARGETS = ('attn', 'mlp')  # post.adapter_targets: the sublayers an adapter follows.
+# Each added kind's own post.* keys: integers >= 1, reported in summary.json's `trainable`.
+SETTINGS = {'adapter': ('adapter_dim',), 'prefix': ('prefix_len',), 'prompt': ('prompt_len',)}
 # Target name -> (module class, kernel attribute, axes its matmul contracts).
 TARGETS = {
     'q': (transformer.Attention, 'wq_DHK', 1), 'k': (transformer.Attention, 'wk_DGK', 1),
@@ -54,10 +75,6 @@ TARGETS = {
 }
 GROUPS = {'attn': ('q', 'k', 'v', 'o'), 'mlp': ('gate', 'up', 'down')}
 IA3 = {'k': 'out', 'v': 'out', 'down': 'in'}  # (IA)³'s rescaled vectors: output or input side.
-
-
-class Adapter(nnx.Param):
-  """Trainable adapter numbers: the only Variables post-training updates under post.peft."""
 
 
 class FrozenCodes(nnx.Variable):
@@ -222,7 +239,8 @@ class Adapted(nnx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class Site:
-  """One stacked kernel that post.peft changed: path, target name, d, k and its layer count."""
+  """One stacked kernel that post.peft changed, or one added module: path, target name, d, k
+  (as `closed_form` reads them) and its layer count."""
   path: str
   name: str
   d: int
@@ -253,11 +271,16 @@ def _no_layer(p) -> str:
 def apply(model, p, seed: int) -> list[Site]:
   """Adapt `model` in place as post.peft says (module docstring); -> the changed sites, in order.
 
-  Site i's A is drawn by numpy's generator seeded by (seed, i).
+  Site i's A is drawn by numpy's generator seeded by (seed, i); the added
+  modules' numbers (and the P token ids of the prefix and prompt inits) by one
+  seeded by (seed, len(KINDS)).
 
   ValueError naming the post.* key when post.lora_targets names no kernel of
-  this model, or post.qlora_block does not divide a kernel's d.
+  this model, post.qlora_block does not divide a kernel's d, or a prefix has
+  no grouped-query attention to go in.
   """
+  if p.peft in ADDED:
+    return _add_modules(model, p, np.random.default_rng([seed, len(KINDS)]))
   wanted, sites = _wanted(p), []
   found = list(_sites(model))
   if not any(name in wanted for *_, name in found):
@@ -279,6 +302,70 @@ def apply(model, p, seed: int) -> list[Site]:
   return sites
 
 
+def _add_modules(model, p, rng: np.random.Generator) -> list[Site]:
+  """Put post.peft's added module in the model's hooks; -> the sites (module docstrings)."""
+  cfg = model.cfg
+  if p.peft == 'adapter':
+    return _add_adapters(model, p, rng)
+  n = p.prefix_len if p.peft == 'prefix' else p.prompt_len
+  ids = rng.integers(0, cfg.vocab_size, n)  # The P tokens both inits read.
+  if p.peft == 'prompt':
+    model.prompt = nnx.data(peft_hooks.Prompt(model.embed_VD[...][ids]))
+    model.n_virtual = n
+    return [Site('prompt', 'prompt', n, cfg.d_model, 1, True)]
+  found = [(path, m) for path, m in nnx.iter_modules(model) if type(m) is transformer.Attention]
+  if not found:
+    raise ValueError("post.peft='prefix': the model has no grouped-query attention (MLA caches "
+                     "a latent, not keys and values); use post.peft='prompt'")
+  layers = peft_hooks.layer_indices(model)
+  base_kv = peft_hooks.base_keys_values(model, ids)  # Before any prefix is in place.
+  sites = []
+  for path, module in found:
+    idx = layers[path[:-1]]
+    module.prefix = nnx.data(peft_hooks.Prefix(base_kv['k'][idx], base_kv['v'][idx]))
+    G, K = module.wk_DGK.shape[-2:]
+    sites.append(Site('/'.join(map(str, (*path, 'prefix'))), 'prefix', n, G * K, idx.size, True))
+  model.n_virtual = n
+  return sites
+
+
+def _add_adapters(model, p, rng: np.random.Generator) -> list[Site]:
+  """A Bottleneck after each sublayer post.adapter_targets names, in every block."""
+  d, r, sites = model.cfg.d_model, p.adapter_dim, []
+  targets = [t.strip() for t in p.adapter_targets.split(',') if t.strip()]
+  for path, module in list(nnx.iter_modules(model)):
+    if type(module) is transformer.Block:
+      lead = module.attn_norm.scale.shape[:-1]
+      for t in (t for t in ADAPTER_TARGETS if t in targets):
+        setattr(module, f'{t}_adapter', nnx.data(peft_hooks.Bottleneck(lead, d, r, rng)))
+        sites.append(Site('/'.join(map(str, (*path, f'{t}_adapter'))), t, d, r,
+                          math.prod(lead), True))
+  return sites
+
+
+def adapt(model, config):
+  """(optimizer, sites): `model` adapted in place as config.post says (under 'none' left as it
+  is), and the run's AdamW (train.optim) over what trains."""
+  p = config.post
+  sites = apply(model, p, p.seed) if p.peft != 'none' else []
+  return nnx.Optimizer(model, optim.optimizer(config), wrt=trainable(p.peft)), sites
+
+
+def abstract_run(config, mesh):
+  """(graphdef, abstract state) of a post.peft run's checkpoint as train.post saves it: the
+  (adapted model, optimizer) of `adapt` on config.model, every array replicated on `mesh` (one
+  device). Nothing is allocated."""
+  def create():
+    model = transformer.Transformer(config.model, rngs=nnx.Rngs(config.seed))
+    return model, adapt(model, config)[0]
+
+  with sharding.use_mesh(mesh):
+    graphdef, abstract = nnx.split(nnx.eval_shape(create))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  return graphdef, jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+
+
 def merge(model):
   """A copy of `model` with every Adapted kernel folded back into a plain nnx.Param (float32)."""
   model = nnx.clone(model)
@@ -290,10 +377,16 @@ def merge(model):
 
 
 def closed_form(p, site: Site) -> int:
-  """Trainable numbers of a site by formula: r·(d+k) per layer (dora + k; ia3 k, or d for down)."""
+  """Trainable numbers of a site by formula: r·(d+k) per layer (dora + k; ia3 k, or d for down);
+  an adapter (d, k = r) 2·d·r + r + d, a prefix (d = P, k = G·K) 2·P·G·K per layer, a prompt
+  (d = P, k = D) P·D."""
   if not site.adapted:
     return 0
-  if p.peft == 'ia3':
+  if p.peft == 'adapter':
+    per_layer = 2 * site.d * site.k + site.k + site.d
+  elif p.peft in ('prefix', 'prompt'):
+    per_layer = (2 if p.peft == 'prefix' else 1) * site.d * site.k
+  elif p.peft == 'ia3':
     per_layer = site.d if IA3[site.name] == 'in' else site.k
   else:
     per_layer = p.lora_rank * (site.d + site.k) + (site.k if p.peft == 'dora' else 0)
@@ -318,7 +411,11 @@ def trainable_report(p, model, opt, sites: list[Site], total: int) -> dict:
          'optimizer_state_bytes': nbytes(nnx.state(opt)),
          'trainable_bytes': nbytes(train_state), 'frozen_bytes': nbytes(frozen_state)}
   out['fraction_of_params'] = out['params'] / total
-  if p.peft != 'none':
+  if p.peft in ADDED:
+    out.update({k: p[k] for k in SETTINGS[p.peft]}, sites=site_report(p, model, sites))
+    if p.peft == 'adapter':
+      out['adapter_targets'] = p.adapter_targets
+  elif p.peft != 'none':
     out.update(rank=p.lora_rank, alpha=p.lora_alpha, targets=p.lora_targets,
                sites=site_report(p, model, sites))
   return out
@@ -345,6 +442,9 @@ def base_errors(p, model_cfg) -> list[str]:
   if p.peft != 'none' and qat != 'none':
     return [f'post.peft={p.peft!r} with the base\'s model.qat={qat!r}: quantization-aware '
             'training has no rule for adapters; post-train that base with post.peft=\'none\'']
+  if p.peft == 'prefix' and getattr(model_cfg, 'attention', 'gqa') == 'mla':
+    return ["post.peft='prefix' with the base's model.attention='mla': MLA caches one latent "
+            "per token, not keys and values to prepend to; use post.peft='prompt' or 'adapter'"]
   return []
 
 
@@ -366,6 +466,16 @@ def peft_errors(p) -> list[str]:
                       f'\'attn,mlp\' or \'q,v\'')
     except ValueError as e:
       errors.append(f'post.lora_targets={p.lora_targets!r}: {e}')
+  for key in SETTINGS.get(p.peft, ()):
+    v = p[key]
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+      errors.append(f'post.{key}={v!r}: must be an integer >= 1 with post.peft={p.peft!r}')
+  if p.peft == 'adapter':
+    named = [t.strip() for t in str(p.adapter_targets).split(',') if t.strip()]
+    if not named or set(named) - set(ADAPTER_TARGETS):
+      errors.append(f'post.adapter_targets={p.adapter_targets!r}: must name sublayers among '
+                    f'{", ".join(map(repr, ADAPTER_TARGETS))}, e.g. \'attn,mlp\' (Houlsby) or '
+                    '\'mlp\' (Pfeiffer)')
   if p.peft == 'qlora':
     b = p.qlora_block
     if not isinstance(b, int) or isinstance(b, bool) or b < 1:

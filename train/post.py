@@ -2,9 +2,12 @@
 
 Post-training of a pre-trained run on the verifiable tasks of train/tasks.py:
 SFT (the answers' NLL), a preference loss of train/prefs.py (DPO, ORPO, SimPO,
-KTO), GRPO (train/rl.py) or distillation from post.teacher's logits, each the
-loss of train/objectives.py, on every parameter or on adapters of a frozen
-base (post.peft: LoRA, QLoRA, DoRA, (IA)³; train/peft.py); measured by greedy
+KTO), GRPO (train/rl.py), a reward model or PPO with one (train/ppo.py) or
+distillation from post.teacher's logits or from the answers it writes
+(post.distill_source; train/distill.py), each the loss of train/objectives.py,
+on every parameter or on adapters of a frozen
+base (post.peft: LoRA, QLoRA, DoRA, (IA)³, bottleneck adapters, prefix or prompt
+tuning; train/peft.py); measured by greedy
 decoding of held-out prompts (exact match and reward) before and after.
 
 - Start and reference: post.base's newest intact checkpoint, on one device
@@ -19,8 +22,10 @@ decoding of held-out prompts (exact match and reward) before and after.
   base's with optim.lr = post.lr, a cosine schedule with warmup
   optim.warmup_fraction of train.steps = post.steps, data.seq_len =
   post.seq_len (0: the base's), and data.global_batch_size the rows of a step.
-- Batches: train/tasks.py's TaskStream (the data position is the step), or
-  for grpo train/rl.py's GroupStream, which samples each batch from the policy.
+- Batches: train/tasks.py's TaskStream (the data position is the step), for rm
+  train/ppo.py's PairStream (post.rm_labels), or for grpo train/rl.py's
+  GroupStream and for ppo train/ppo.py's RolloutStream, which sample each
+  batch from the policy (ppo: scored by post.reward_model's frozen reward model).
 - Evaluation: post.eval_prompts held-out prompts (a fixed set), decoded
   greedily (model/decode.py) before training, every post.eval_every steps and
   at the end; also the answers' NLL (nats per answer token) under teacher forcing.
@@ -35,16 +40,21 @@ decoding of held-out prompts (exact match and reward) before and after.
   exact_match_by_task (each with a `_before` twin, the base's), samples,
   params_*, `trainable` (what trains, measured and by closed form; optimizer
   state bytes; the compiled step's memory_analysis() against the guide's 16
-  B/param of full fine-tuning), for grpo `grpo_timing`, for distill
-  `teacher` (its held-out scores), wall_seconds, data, config. Rerunning the
+  B/param of full fine-tuning), for grpo `grpo_timing`, for rm
+  `reward_model` (held-out pair accuracy), for ppo `ppo_timing`,
+  `reward_model`, `rollouts` and `resident_memory`, for distill
+  `teacher` (its held-out scores, the source; for text, the answers it wrote
+  and the fraction exactly right), wall_seconds, data, config. Rerunning the
   same command resumes from the newest checkpoint (the data position is the
-  step). A post.peft run's checkpoints hold the adapted model, which neither
-  train.generate nor a further post-training loads (`peft.merge` folds it).
+  step). A post.peft run's checkpoints hold the adapted model, which
+  train.generate rebuilds and loads (peft.abstract_run) and a further
+  post-training refuses.
 
 Bad input (an unknown method, task or PEFT kind, a missing base or teacher run,
 one without a checkpoint or tokenizer, a teacher of another tokenizer,
 examples longer than post.seq_len, a LoRA target that names no layer, rank 0
-or negative, a workdir that holds another post-training run) gets one
+or negative, a workdir that holds another post-training run; for ppo no
+post.reward_model, or one that is no rm run: train/ppo.py) gets one
 message naming the key, exit status 2.
 """
 
@@ -68,11 +78,13 @@ from model.counts import param_counts
 from train import checkpoint as ckpt_lib
 from train import config_check
 from train import cost
+from train import distill
 from train import generate
 from train import loop
 from train import objectives
 from train import optim
 from train import peft
+from train import ppo
 from train import rl
 from train import tasks
 from train.config_check import ConfigError
@@ -81,16 +93,17 @@ from train.metrics import Reporter, write_json_atomic
 GUIDE_FULL_FT_BYTES_PER_PARAM = 16  # The guide's full fine-tuning bytes (scaling/memory.py's sum).
 RESUME_FREE = ('eval_every', 'log_every', 'checkpoint_every')  # post.* that may change on resume.
 N_SAMPLES = 4  # Held-out completions kept in summary.json and shown on the console.
-LOGGED = ('margin', 'pref_accuracy', 'kl_reference_point', 'reward', 'kl', 'clip_fraction')
+LOGGED = ('margin', 'pref_accuracy', 'kl_reference_point', 'reward', 'score', 'kl',
+          'clip_fraction', 'value_loss')
 
 
 # ---- Config.
 
 def rows_per_step(p) -> int:
-  """Rows of a step: windows (sft, distill), prompts x group (grpo), else 2 x post.batch_size."""
+  """Rows of a step: windows (sft, distill), prompts x group (grpo, ppo), else 2 x batch_size."""
   if p.method in ('sft', 'distill'):
     return p.batch_size
-  return p.batch_size * p.group_size if p.method == 'grpo' else 2 * p.batch_size
+  return p.batch_size * p.group_size if p.method in ('grpo', 'ppo') else 2 * p.batch_size
 
 
 def run_config(post, base_config) -> ml_collections.ConfigDict:
@@ -167,7 +180,7 @@ class Evaluator:
 
   def __call__(self, graphdef, state) -> dict:
     """Scores of the (model, optimizer) state split with `graphdef` (the same at every call)."""
-    return self.score(nnx.merge(graphdef, state)[0])
+    return self.score(rl.policy_of(nnx.merge(graphdef, state)[0]))
 
   def score(self, model) -> dict:
     """Scores of `model` (of one structure at every call: the first one's is compiled)."""
@@ -216,6 +229,9 @@ def _load_run(key: str, folder: str):
     tok = generate.run_tokenizer(folder, config)
   except ConfigError as e:
     raise ConfigError(f'{key}: {e}') from None
+  if config.post.method in ppo.UNLOADABLE:
+    raise ConfigError(f'{key}={folder!r} is a post.method={config.post.method!r} run: its '
+                      'checkpoints hold a scalar head (and a critic), not a language model alone')
   if config.post.peft != 'none':
     raise ConfigError(f'{key}={folder!r} is a post.peft={config.post.peft!r} run: its checkpoints '
                       'hold adapters on a frozen base, which train.post does not load; give a run '
@@ -330,12 +346,11 @@ def _start_state(config, model, replicated, teacher=None):
   """
   p = config.post
   try:
-    sites = peft.apply(model, p, p.seed) if p.peft != 'none' else []
+    opt, sites = peft.adapt(model, config)  # As train.generate rebuilds it (peft.abstract_run).
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  opt = nnx.Optimizer(model, optim.optimizer(config), wrt=peft.trainable(p.peft))
   graphdef, state = nnx.split((model, opt))
-  ref_graphdef, ref_state = nnx.split(model if teacher is None else teacher)
+  ref_graphdef, ref_state = nnx.split(rl.policy_of(model) if teacher is None else teacher)
   # A copy of the policy: the train step donates its arrays, the reference keeps them.
   if teacher is None:
     ref_state = jax.tree.map(jnp.copy, ref_state) if p.method in objectives.WITH_REFERENCE else None
@@ -401,20 +416,30 @@ def _finish(report, summary: dict, workdir: str) -> None:
                  f'{summary["mean_reward"]:.3f} | summary {os.path.join(workdir, "summary.json")}')
 
 
-def _method_extras(p, stream, teacher_scores) -> dict:
-  """summary.json's method-specific parts: grpo's timing, distill's teacher scores."""
+def _method_extras(p, stream, teacher_scores, state, ref_state) -> dict:
+  """summary.json's method-specific parts: grpo's timing, rm's and ppo's (train/ppo.py),
+  distill's teacher scores."""
+  if p.method in ('rm', 'ppo'):
+    return stream.summary(state, ref_state)
   if p.method == 'grpo':
     return {'grpo_timing': stream.timing()}
   if p.method == 'distill':
-    return {'teacher': {'run': os.path.abspath(p.teacher),
+    written = stream.stats() if p.distill_source == 'text' else {}
+    return {'teacher': {'run': os.path.abspath(p.teacher), 'source': p.distill_source, **written,
                         **{k: teacher_scores[k] for k in ('answer_nll', 'exact_match',
                                                           'mean_reward', 'exact_match_by_task')}}}
   return {}
 
 
-def _stream(p, tok, seq_len: int, graphdef, ref_graphdef):
+def _stream(p, tok, seq_len: int, graphdef, ref_graphdef, reward=None, teacher=None):
+  if p.method == 'distill' and p.distill_source == 'text':
+    return distill.TeacherTextStream(p, tok, seq_len, teacher)
   if p.method == 'grpo':
     return rl.GroupStream(p, tok, seq_len, graphdef, ref_graphdef)
+  if p.method == 'rm':
+    return ppo.PairStream(p, tok, seq_len, graphdef)
+  if p.method == 'ppo':
+    return ppo.RolloutStream(p, tok, seq_len, graphdef, ref_graphdef, reward)
   return tasks.TaskStream(p, tok, seq_len)
 
 
@@ -430,10 +455,11 @@ def run(cli_config, workdir: str) -> dict:
   teacher = _teacher(p, tok, base_config) if p.method == 'distill' else None
   base_step, model, mesh = _restore_run('post.base', p.base, base_config)
   replicated = NamedSharding(mesh, PartitionSpec())  # One device.
-  graphdef, state, ref_graphdef, ref_state, sites = _start_state(config, model, replicated,
-                                                                 teacher)
+  reward = ppo.load_reward_model(p, tok, base_config, replicated) if p.method == 'ppo' else None
+  graphdef, state, ref_graphdef, ref_state, sites = _start_state(
+      config, ppo.wrap(p, model, reward), replicated, teacher)
   _check_workdir(workdir, config)  # After the checks that need the model (PEFT targets).
-  stream = _stream(p, tok, config.data.seq_len, graphdef, ref_graphdef)
+  stream = _stream(p, tok, config.data.seq_len, graphdef, ref_graphdef, reward, teacher)
   with sharding.use_mesh(mesh):
     before = evaluate(graphdef, state)
     teacher_scores = (Evaluator(p, tok, config.data.seq_len).score(teacher)
@@ -458,7 +484,8 @@ def run(cli_config, workdir: str) -> dict:
   _log_eval(report, steps, after)
   if report.curve and report.curve[-1]['step'] == steps:
     report.curve[-1]['eval_loss'] = after['answer_nll']
-  extra = {'trainable': trainable, **_method_extras(p, stream, teacher_scores)}
+  extra = {'trainable': trainable,
+           **_method_extras(p, stream, teacher_scores, state, ref_state)}
   summary = _summary(config, base_step, before, after, loss, time.perf_counter() - t0, tok, extra)
   _finish(report, summary, workdir)
   return summary

@@ -76,6 +76,12 @@ def grpo_loss(logp_BT, old_logp_BT, ref_logp_BT, adv_B, mask_BT, epsilon: float,
                                   'clip_fraction': jnp.sum(clipped) / n}
 
 
+def policy_of(model):
+  """The language model that samples and is scored: `model` itself, or the `.lm` of a model
+  that carries one (train/ppo.py's actor-critic: its policy; its reward model: its body)."""
+  return getattr(model, 'lm', model)
+
+
 def max_new_tokens(p) -> int:
   """Tokens sampled per answer at most: post.max_new_tokens, or difficulty + 2 when 0."""
   return p.max_new_tokens or p.difficulty + 2
@@ -99,7 +105,7 @@ class GroupStream:
     self.update_seconds, self.sample_seconds, self._end, self.widths = [], [], None, set()
 
     def logprobs(state, ref_state, inputs, targets):
-      policy = nnx.merge(graphdef, state)[0]
+      policy = policy_of(nnx.merge(graphdef, state)[0])
       ref = nnx.merge(ref_graphdef, ref_state)
       return tuple(prefs.token_logprobs(m.forward(inputs)[0], targets) for m in (policy, ref))
 
@@ -145,17 +151,24 @@ class GroupStream:
     inputs, targets, mask = (np.asarray(x, d) for x, d in
                              zip(zip(*rows), (np.int32, np.int32, np.float32)))
     old_logp, ref_logp = map(np.asarray, self.logprobs(state, ref_state, inputs, targets))
-    batch = {'inputs': inputs, 'targets': targets, 'mask': mask, 'old_logp': old_logp,
-             'ref_logp': ref_logp, 'rewards': rewards,
-             'advantages': group_advantages(rewards.reshape(p.batch_size, p.group_size)).ravel()}
+    batch = self.complete({'inputs': inputs, 'targets': targets, 'mask': mask,
+                           'old_logp': old_logp, 'ref_logp': ref_logp, 'rewards': rewards},
+                          state)
     self._end = time.perf_counter()
     if timed:
       self.sample_seconds.append(self._end - t0)
     return batch
 
+  def complete(self, batch: dict, state) -> dict:
+    """The sampled batch with its advantages: GRPO's, normalised within each group
+    (train/ppo.py's RolloutStream: the critic's and the reward model's, by GAE)."""
+    del state
+    P, G = self.p.batch_size, self.p.group_size
+    return {**batch, 'advantages': group_advantages(batch['rewards'].reshape(P, G)).ravel()}
+
   def _generate(self, state, prompts, cycle: int) -> list[list[int]]:
     """G sampled answers (token ids, eos last if sampled) per prompt, a prompt's G adjacent."""
-    model = nnx.merge(self.graphdef, state)[0]
+    model = policy_of(nnx.merge(self.graphdef, state)[0])
     if self.generator is None:
       self.generator = decode.Generator(model)
     self.generator.state = nnx.state(model)
