@@ -26,6 +26,7 @@ that does not fit the config, an empty prompt, a sampling setting out of range.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -113,7 +114,7 @@ def restore_model(workdir: str, config):
   else:
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     graphdef, abstract = peft.abstract_run(config, mesh)
-    step, state = _restore_latest(workdir, config, mesh, abstract)
+    step, state = restore_latest(workdir, abstract, mesh, config.train.keep_checkpoints)
   model, _ = nnx.merge(graphdef, state)
   return step, (model if config.post.peft == 'none' else peft.merge(model))
 
@@ -125,28 +126,35 @@ def restore_state(workdir: str, config):
   """
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
   program = step_lib.build(config, mesh)
-  step, state = _restore_latest(workdir, config, mesh, program.abstract_state)
+  step, state = restore_latest(workdir, program.abstract_state, mesh, config.train.keep_checkpoints)
   return step, program, state
 
 
-def _restore_latest(workdir: str, config, mesh, abstract_state):
-  """(step, state): the run's newest intact checkpoint restored into `abstract_state`."""
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise ConfigError(f'{workdir} has no checkpoints/ folder: the run saved no checkpoint '
+def restore_latest(folder: str, abstract_state, mesh=None, keep=None, name: str = ''):
+  """(step, state): the run's newest intact checkpoint restored into `abstract_state`.
+
+  mesh: the mesh to restore under (None: as placed in abstract_state); keep:
+  the Checkpointer's keep_checkpoints; name: how errors name the run (e.g.
+  "post.reward_model='runs/rm'"; default the folder). ConfigError for no
+  checkpoint or one of another config, cli.Stop for a storage error.
+  """
+  name = name or folder
+  if not os.path.isdir(os.path.join(folder, 'checkpoints')):
+    raise ConfigError(f'{name} has no checkpoints/ folder: the run saved no checkpoint '
                       '(train.checkpoint_every=0, or it stopped before its first save)')
-  checkpointer = ckpt_lib.Checkpointer(workdir, config.train.keep_checkpoints)
+  checkpointer = ckpt_lib.Checkpointer(folder, keep, create=False)
   try:
-    with sharding.use_mesh(mesh):
+    with sharding.use_mesh(mesh) if mesh is not None else contextlib.nullcontext():
       step, state = checkpointer.restore_latest(abstract_state, _NoData())
   except ckpt_lib.CheckpointMismatch as e:
-    raise ConfigError(f'{e}: the checkpoint was saved with another config than '
-                      f'{os.path.join(workdir, "config.json")}') from None
+    raise ConfigError(f'{name}: {e}: the checkpoint was saved with another config than '
+                      f'{os.path.join(folder, "config.json")}') from None
   except ckpt_lib.CheckpointError as e:
     raise cli.Stop(str(e), cli.STORAGE_ERROR) from e
   finally:
     checkpointer.close()
   if not step:
-    raise ConfigError(f'no intact checkpoint in {checkpointer.dir}')
+    raise ConfigError(f'{name}: no intact checkpoint in {checkpointer.dir}')
   return step, state
 
 

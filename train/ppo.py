@@ -73,11 +73,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from configs import cli
 from configs.load import ConfigError
 from model import qat, sharding
 from model.transformer import Transformer
-from train import checkpoint as ckpt_lib
 from train import generate
 from train import peft
 from train import prefs
@@ -318,19 +316,7 @@ def load_reward_model(p, tok, base_config, replicated) -> Reward:
     raise ConfigError(f"post.ppo_critic_init='reward_model' needs a reward model trained without "
                       f"post.peft; {key}={folder!r} has post.peft={config.post.peft!r}")
   graphdef, abstract = _abstract_reward_run(config, replicated)
-  if not os.path.isdir(os.path.join(folder, 'checkpoints')):
-    raise ConfigError(f'{key}={folder!r} has no checkpoints/ folder')
-  checkpointer = ckpt_lib.Checkpointer(folder, None, create=False)
-  try:
-    step, state = checkpointer.restore_latest(abstract, generate._NoData())
-  except ckpt_lib.CheckpointMismatch as e:
-    raise ConfigError(f'{key}={folder!r}: {e}') from None
-  except ckpt_lib.CheckpointError as e:
-    raise cli.Stop(str(e), cli.STORAGE_ERROR) from e
-  finally:
-    checkpointer.close()
-  if not step:
-    raise ConfigError(f'{key}={folder!r}: no intact checkpoint in {checkpointer.dir}')
+  step, state = generate.restore_latest(folder, abstract, name=f'{key}={folder!r}')
   rm_graphdef, rm_state = nnx.split(nnx.merge(graphdef, state)[0])
   summary = os.path.join(folder, 'summary.json')
   held_out = {}
