@@ -20,10 +20,11 @@ study.json (format 1):
 
 study.md: the question, per metric a table of mean ± sd (n) per arm and size,
 then the deltas with their slopes. study.png: per metric, mean ± sd against N
-(log axis), a line per arm, and the deltas. TensorBoard (DIR/study/, one run,
-rewritten each time): scalars `<metric>_step_100log10N/<arm>` and
-`delta_<metric>_step_100log10N/<arm>` at step round(100 log10 N), the markdown
-as the text `study`, the PNG as the image `plots/study`.
+(log axis), a line per arm (the teacher's score dashed), and the deltas.
+TensorBoard (DIR/study/, one run, rewritten each time): scalars
+`<metric>_step_100log10N/<arm>` and `delta_<metric>_step_100log10N/<arm>` at
+step round(100 log10 N), the markdown as the text `study`, the PNG as the
+image `plots/study`.
 """
 
 import json
@@ -181,6 +182,8 @@ def figure(result: dict):
         ax.errorbar(x, y, yerr=e, marker='o', capsize=3, label=a, color=color[a])
     if is_delta:
       ax.axhline(0.0, color='grey', lw=0.8)
+    elif result['teacher'] is not None and result['teacher'].get(m) is not None:
+      ax.axhline(result['teacher'][m], color='black', ls='--', lw=0.8, label='teacher')
     ax.set_xscale('log')
     ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.set_xlabel('base parameters N (with head)')
