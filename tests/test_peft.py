@@ -165,6 +165,10 @@ def test_bad_peft_settings_name_their_key():
   qat = base.get_config().model
   qat.qat = 'int8'
   assert 'model.qat' in peft.base_errors(_post(), qat)[0] and not peft.base_errors(_post(), CFG_M)
+  eight = base.get_config().model
+  eight.fp8 = True
+  assert "model.fp8=True" in peft.base_errors(_post(), eight)[0]
+  assert not peft.base_errors(_post(peft='adapter'), eight)
 
   mla = base.get_config().model
   mla.update(CFG, attention='mla', mla_kv_rank=16, mla_q_rank=0, mla_rope_dim=4)

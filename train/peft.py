@@ -437,11 +437,16 @@ def nbytes(state) -> int:
 
 
 def base_errors(p, model_cfg) -> list[str]:
-  """Problems of post.peft with the base's model config: model.qat fake-quantizes Params by name."""
+  """Problems of post.peft with the base's model config: model.qat fake-quantizes Params by name,
+  model.fp8's matmul takes arrays (not the LoRA-family kernels), MLA has no keys to prefix."""
   qat = getattr(model_cfg, 'qat', 'none')
   if p.peft != 'none' and qat != 'none':
     return [f'post.peft={p.peft!r} with the base\'s model.qat={qat!r}: quantization-aware '
             'training has no rule for adapters; post-train that base with post.peft=\'none\'']
+  if p.peft not in ('none',) + ADDED and model_cfg.get('fp8', False):
+    return [f"post.peft={p.peft!r} with the base's model.fp8=True: the adapted kernels are "
+            "multiplied by model.transformer.dense, not the FP8 matmul; use post.peft='adapter', "
+            "'prefix' or 'prompt', or post-train without post.peft"]
   if p.peft == 'prefix' and getattr(model_cfg, 'attention', 'gqa') == 'mla':
     return ["post.peft='prefix' with the base's model.attention='mla': MLA caches one latent "
             "per token, not keys and values to prepend to; use post.peft='prompt' or 'adapter'"]
