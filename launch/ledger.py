@@ -13,11 +13,12 @@ Preemption is told apart from failure, in both backends (`Ledger.finish`):
     times (a retry resumes from its checkpoint too); then it is 'failed'.
 
 The status file DIR/sweep_status.json is rewritten, atomically (a temporary
-file, then os.replace), after every event. Format 1, JSON:
+file, then os.replace; in a bucket one object upload, at most every
+BUCKET_WRITE_S seconds and once at the end), after every event. Format 1, JSON:
 
   format           1
   backend          'local' or 'ray'
-  workdir          the sweep folder (absolute path)
+  workdir          the sweep folder (absolute path, or the bucket URL)
   updated          UTC time of the last event, ISO 8601 ('2026-12-01T11:30:00Z')
   max_preemptions  the budgets the runs were given (int)
   max_failures
@@ -58,6 +59,7 @@ STATUS_FILE = 'sweep_status.json'
 STATUS_FORMAT = 1
 TAIL_LINES = 20
 FINAL_STATES = ('ok', 'skipped', 'failed', 'preempted-out')
+BUCKET_WRITE_S = 2.0  # Seconds between rewrites of a status file in a bucket (a final one always).
 
 
 # ---------------------------------------------------------------------------- run folders and logs
@@ -156,6 +158,7 @@ class Ledger:
     self.t_start = time.perf_counter()
     self.records, self.queue = {}, []
     self.after = dict(after or {})
+    self._t_written = float('-inf')
     remote.makedirs(workdir)
     for i, (name, argv) in enumerate(commands):
       run_dir = os.path.join(workdir, name)
@@ -271,10 +274,16 @@ class Ledger:
              f'{states.count("failed")} failed' + (f', {out} preempted out' if out else '') +
              f' in {time.perf_counter() - self.t_start:.1f} s' +
              (f' ({retried[0]} preemption(s), {retried[1]} failure(s) along the way)' if any(retried) else ''))
+    self.write(force=True)
     return self.results()
 
-  def write(self) -> None:
-    """Rewrite DIR/sweep_status.json (format in the module docstring)."""
+  def write(self, force: bool = False) -> None:
+    """Rewrite DIR/sweep_status.json (format in the module docstring); in a bucket at most once
+    per BUCKET_WRITE_S unless `force` (GCS allows about one write per object per second)."""
+    if remote.is_remote(self.workdir) and not force:
+      if time.monotonic() - self._t_written < BUCKET_WRITE_S:
+        return
+    self._t_written = time.monotonic()
     runs = [r.status() for r in self.records.values()]
     counts = {}
     for r in runs:

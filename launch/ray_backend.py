@@ -12,8 +12,9 @@ Ray sets CUDA_VISIBLE_DEVICES / TPU_VISIBLE_CHIPS to the chips a task holds
 and the subprocess inherits them, so runs can share a host (not tried here
 on GPUs or TPUs: only on a CPU-only local cluster). The process dies
 with its Ray worker (PR_SET_PDEATHSIG, Linux), so a requeued run never
-shares its folder with what is left of the attempt before. DIR must be one
-path that every node sees: the driver's machine alone, or an NFS share.
+shares its folder with what is left of the attempt before. DIR is one path
+that every node sees (the driver's machine alone, or an NFS share), or a
+bucket, gs://... (each run staged on its node: launch/remote.py).
 
 A run of several hosts (hosts_per_run = H > 1, e.g. a v4-16 TPU slice of 2
 hosts, or a group of GPU hosts) is one Ray task on the slice's first host,
@@ -121,6 +122,8 @@ def run_on_node(argv: list, log_path: str) -> dict:
   if remote.is_remote(log_path):
     run_dir = os.path.dirname(log_path)
     staged = remote.staging_dir(run_dir)
+    if run_dir not in argv:
+      raise ValueError(f'the run\'s argv has no argument {run_dir!r} (its --workdir) to stage')
     sync = remote.Sync(staged, run_dir)
     sync.pull()
     argv = [staged if a == run_dir else a for a in argv]
@@ -146,8 +149,10 @@ def run_on_node(argv: list, log_path: str) -> dict:
   finally:
     if sync is not None:
       sync.push()  # With any outcome, what the run wrote reaches the bucket.
-  return dict(exit=status, seconds=time.perf_counter() - t0, node=socket.gethostname(),
-              tail=ledger_lib.log_tail(log_path))
+  tail = ledger_lib.log_tail(log_path)
+  if sync is not None and status == 0 and os.path.isfile(os.path.join(staged, 'summary.json')):
+    remote.remove_staging(staged)  # Finished, and all of it in the bucket.
+  return dict(exit=status, seconds=time.perf_counter() - t0, node=socket.gethostname(), tail=tail)
 
 
 SLICE_HEAD = 'slice-head'  # Head resource of a slice of non-TPU hosts (TPU slices: 'TPU-<type>-head').
@@ -181,13 +186,48 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _host_outcome(ray, ref) -> tuple[dict | None, str]:
-  """(run_on_node's result, '') or (None, why the host task has none)."""
+def describe(ray, error: Exception) -> str:
+  """'Type: first sentence' of a Ray error, or of the exception a task raised (RayTaskError.cause)."""
+  if isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, BaseException):
+    error = error.cause
+  first = (str(error).strip().splitlines() or [''])[0].split('. ')[0]
+  return f'{type(error).__name__}: {first}'[:200]
+
+
+def _host_outcome(ray, ref) -> tuple[dict | None, str, str]:
+  """(run_on_node's result or None, why its host was lost or '', why its task broke or '').
+
+  Lost: the host's node or worker died (PREEMPTION_ERRORS). Broke: any
+  other error of the task ('cancelled' when this slice task stopped it).
+  """
   try:
-    return ray.get(ref), ''
+    return ray.get(ref), '', ''
+  except ray.exceptions.TaskCancelledError:
+    return None, '', 'cancelled'
   except Exception as e:  # pylint: disable=broad-except
-    first = (str(e).strip().splitlines() or [''])[0].split('. ')[0]
-    return None, f'{type(e).__name__}: {first}'[:200]
+    return (None, describe(ray, e), '') if _preemption(ray, e) else (None, '', describe(ray, e))
+
+
+def _slice_outcome(outcomes: list, hosts: int) -> tuple[int, int | None, str, str]:
+  """(host, exit status or None, lost, broke) that the run's attempt counts as.
+
+  outcomes: (host, result, lost, broke) in the order the hosts ended. A lost
+  host wins (a preemption, even when a peer exited first because its peer was
+  gone), then exit 75 from any host, then the first other bad outcome; (0, 0,
+  '', '') when every host exited 0. Hosts this task cancelled do not count.
+  """
+  lost = [o for o in outcomes if o[2]]
+  if lost:
+    return lost[0][0], None, f'host {lost[0][0]} of {hosts}: {lost[0][2]}', ''
+  spot = [o for o in outcomes if o[1] is not None and o[1]['exit'] == ledger_lib.PREEMPTED_EXIT]
+  if spot:
+    return spot[0][0], ledger_lib.PREEMPTED_EXIT, '', ''
+  for host, out, _, broke in outcomes:
+    if broke and broke != 'cancelled':
+      return host, None, '', broke
+    if out is not None and out['exit'] != 0:
+      return host, out['exit'], '', ''
+  return 0, 0, '', ''
 
 
 def run_on_slice(argv: list, log_path: str, hosts: int, host_resources: dict, head_resource: str,
@@ -196,13 +236,15 @@ def run_on_slice(argv: list, log_path: str, hosts: int, host_resources: dict, he
 
   Starts `hosts` run_on_node tasks, each holding host_resources and one unit
   of the slice's resource (so one lands on each host; host 0 on this node,
-  where the coordinator listens), with argv + the jax.distributed flags.
-  When one ends badly the others are cancelled (their processes stopped).
-  Returns run_on_node's dict for the run: 'exit' (0 when every host exited
-  0; else the first bad status, None when a host was lost), 'lost' (why a
-  host's task has no status: its node or worker died; '' otherwise),
-  'seconds', 'node' (this host) and 'tail' (the log tail of the host that
-  ended first badly, or host 0's).
+  where the coordinator listens), with argv + the jax.distributed flags: on
+  a TPU slice --multihost (JAX reads the process ids from the TPU metadata),
+  elsewhere --coordinator THIS_HOST:PORT --num_processes --process_id.
+  When one ends badly the others are cancelled (their processes stopped), and
+  all are waited for. Returns run_on_node's dict for the run, as
+  `_slice_outcome` ranks the hosts: 'exit' (None when a host was lost or its
+  task broke), 'lost' (a host's node or worker died: a preemption), 'seconds',
+  'node' (this host) and 'tail' (the log tail of the host that counts, after
+  a line naming it, plus why its task broke).
   """
   import ray  # Local: ray is an optional extra.
   from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -215,27 +257,26 @@ def run_on_slice(argv: list, log_path: str, hosts: int, host_resources: dict, he
     opts = _task_options({**host_resources, name: 1.0})
     if i == 0:
       opts['scheduling_strategy'] = NodeAffinitySchedulingStrategy(here, soft=False)
-    flags = ['--coordinator', coordinator, f'--num_processes={hosts}', f'--process_id={i}']
+    flags = ['--multihost'] if head_resource.startswith('TPU-') else [
+        '--coordinator', coordinator, f'--num_processes={hosts}', f'--process_id={i}']
     refs[ray.remote(run_on_node).options(**opts).remote(argv + flags, host_log(log_path, i))] = i
-  bad = None  # (host, result or None, lost)
-  pending = list(refs)
+  outcomes, stopping, pending = [], False, list(refs)
   while pending:
     done, pending = ray.wait(pending, num_returns=1, timeout=poll_s)
     for ref in done:
-      out, lost = _host_outcome(ray, ref)
-      if bad is None and (lost or out['exit'] != 0):
-        bad = (refs[ref], out, lost)
+      out, lost, broke = _host_outcome(ray, ref)
+      outcomes.append((refs[ref], out, lost, broke))
+      if not stopping and (lost or broke or out['exit'] != 0):
+        stopping = True
         for other in pending:
           ray.cancel(other)  # Raises KeyboardInterrupt in the task, which stops its process.
-  node = socket.gethostname()
-  if bad is None:
-    return dict(exit=0, lost='', seconds=time.perf_counter() - t0, node=node,
-                tail=ledger_lib.log_tail(log_path))
-  host, out, lost = bad
-  status = None if lost else out['exit']
-  tail = [f'host {host} of {hosts}: ' + (f'lost ({lost})' if lost else f'exit {status}')]
-  return dict(exit=status, lost=f'host {host}: {lost}' if lost else '', seconds=time.perf_counter() - t0,
-              node=node, tail=tail + ledger_lib.log_tail(host_log(log_path, host)))
+  host, status, lost, broke = _slice_outcome(outcomes, hosts)
+  node, seconds = socket.gethostname(), time.perf_counter() - t0
+  if (host, status, lost, broke) == (0, 0, '', ''):
+    return dict(exit=0, lost='', seconds=seconds, node=node, tail=ledger_lib.log_tail(log_path))
+  head = f'host {host} of {hosts}: ' + (lost.split(': ', 1)[1] if lost else broke or f'exit {status}')
+  return dict(exit=status, lost=lost, seconds=seconds, node=node,
+              tail=[head] + ledger_lib.log_tail(host_log(log_path, host)) + ([broke] if broke else []))
 
 
 # ---------------------------------------------------------------------------- the driver
@@ -339,8 +380,7 @@ def _finish_task(ray, ledger: ledger_lib.Ledger, name: str, ref, waited: float) 
   try:
     out = ray.get(ref)
   except Exception as e:  # pylint: disable=broad-except
-    first = (str(e).strip().splitlines() or [''])[0].split('. ')[0]
-    detail = f'{type(e).__name__}: {first}'[:200]
+    detail = describe(ray, e)
     if _preemption(ray, e):
       ledger.finish(name, None, waited, lost=detail)
     else:  # The task itself broke (e.g. the log folder is not writable there): a failure.

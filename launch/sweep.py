@@ -339,7 +339,7 @@ def main(argv=None, log=print) -> int:
       raise SweepError('--hosts-per-run is for --backend ray')
     hosts, slice_head = _ray_slices(args, sweep, resources) if args.backend == 'ray' else (1, '')
     if remote.is_remote(args.workdir):
-      _check_bucket(args, hosts)
+      _check_bucket(args, sweep, hosts)
     if args.backend == 'ray' and not args.dry_run and importlib.util.find_spec('ray') is None:
       raise SweepError("--backend ray: ray is not installed (pip install -e '.[ray]')")
   except SweepError as e:
@@ -474,8 +474,8 @@ def _local_results(workdir: str, sweep: Sweep, run, log):
   return here, run_and_copy
 
 
-def _check_bucket(args, hosts: int) -> None:
-  """A bucket --workdir (gs://...) needs the Ray backend, and runs of one host each."""
+def _check_bucket(args, sweep: Sweep, hosts: int) -> None:
+  """A bucket --workdir (gs://...) needs the Ray backend, runs of one host each, no cooldown branches."""
   if args.backend != 'ray' or args.tpu or args.worker_pool:
     raise SweepError(f'--workdir {args.workdir}: a bucket workdir needs --backend ray (each run is '
                      'staged on its node and copied to the bucket: launch/remote.py); the local backend '
@@ -483,6 +483,10 @@ def _check_bucket(args, hosts: int) -> None:
   if hosts > 1:
     raise SweepError(f'--workdir {args.workdir} with {hosts} hosts per run: the hosts of a run write one '
                      'checkpoint together, so they need a folder they all mount (ray.nfs), not a bucket')
+  if sweep.after():
+    raise SweepError(f'--workdir {args.workdir}: this sweep has cooldown branches, which start from '
+                     "their parent's checkpoint by path (train.init_from); that path is not staged "
+                     'yet, so use a folder every node mounts (ray.nfs)')
 
 
 def _budget_flags(args) -> list:

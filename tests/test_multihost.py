@@ -65,7 +65,7 @@ def test_two_processes_match_one_process(tmp_path):
 @pytest.mark.slow
 def test_sigterm_stops_both_processes_at_one_step_and_they_resume(tmp_path):
   """Preemption across hosts: JAX's preemption sync point makes every process save the same step."""
-  long = ['--config.train.steps=400', '--config.train.eval_every=400', '--config.train.log_every=1',
+  long = ['--config.train.steps=100', '--config.train.eval_every=100', '--config.train.log_every=1',
           '--config.train.checkpoint_every=0']
   port = _free_port()
   workdir = str(tmp_path / 'multi')
@@ -74,7 +74,7 @@ def test_sigterm_stops_both_processes_at_one_step_and_they_resume(tmp_path):
   out0 = []
   for line in procs[0].stdout:  # Process 0 logs; signal both once training is under way.
     out0.append(line)
-    if 'step 20/400' in line:
+    if 'step 20/100' in line:
       for p in procs:
         p.send_signal(signal.SIGTERM)
       break
@@ -92,4 +92,4 @@ def test_sigterm_stops_both_processes_at_one_step_and_they_resume(tmp_path):
   assert [p.returncode for p in procs] == [0, 0], outs
   assert f'resumed from step {stopped}' in outs[0]
   curve = json.load(open(os.path.join(workdir, 'curve.json')))
-  assert [r['step'] for r in curve if r['eval_loss'] is None] == list(range(1, 401))
+  assert [r['step'] for r in curve if r['eval_loss'] is None] == list(range(1, 101))

@@ -10,8 +10,10 @@ tests/test_ray_sweep.py.
 
 import json
 import os
+import shutil
 import sys
 import textwrap
+from unittest import mock
 
 import pytest
 
@@ -44,20 +46,30 @@ def test_sync_copies_what_changed_and_never_temporary_checkpoints(tmp_path, buck
   _write(f'{local}/train.log', 'line 1\n')
   _write(f'{local}/checkpoints/5/state/data', 'x' * 100)
   _write(f'{local}/checkpoints/10.orbax-checkpoint-tmp-3/state/data', 'half')
+  _write(f'{local}/checkpoints/5/manifest.json', '{}')
+  _write(f'{local}/checkpoints/corrupt/3-checksum/state/data', 'bad')
   _write(f'{local}/summary.json.tmp-7', '{')
   sync = remote.Sync(local, 'gs://b/sweep/run')
-  assert sync.push() == 2
-  assert sorted(remote._tree(remote.epath.Path('gs://b/sweep/run'))) == ['checkpoints/5/state/data', 'train.log']
+  order = []
+  real = remote.epath.Path.write_bytes
+  with mock.patch.object(remote.epath.Path, 'write_bytes', lambda self, b: (order.append(self.name), real(self, b))):
+    assert sync.push() == 3
+  assert order.index('manifest.json') > order.index('data')  # A step's manifest goes up last.
+  assert sorted(remote._tree(remote.epath.Path('gs://b/sweep/run'))) == [
+      'checkpoints/5/manifest.json', 'checkpoints/5/state/data', 'train.log']
   assert sync.push() == 0  # Nothing changed.
   with open(f'{local}/train.log', 'a') as f:
     f.write('line 2\n')
   assert sync.push() == 1 and (bucket / 'sweep/run/train.log').read_text() == 'line 1\nline 2\n'
+  _write(f'{local}/checkpoints/9/state/data', 'y')  # keep_checkpoints=1: step 5 goes, here and there.
+  shutil.rmtree(f'{local}/checkpoints/5')
+  assert sync.push() == 1 and sorted(os.listdir(bucket / 'sweep/run/checkpoints')) == ['9']
 
   # Another node: its staging folder becomes the bucket's copy (stale files go).
   other = str(tmp_path / 'other')
   _write(f'{other}/checkpoints/99/state/data', 'stale')
   assert remote.Sync(other, 'gs://b/sweep/run').pull() == 2
-  assert sorted(remote._tree(remote.epath.Path(other))) == ['checkpoints/5/state/data', 'train.log']
+  assert sorted(remote._tree(remote.epath.Path(other))) == ['checkpoints/9/state/data', 'train.log']
 
 
 STAND_IN = '''
@@ -92,6 +104,9 @@ def test_a_run_in_a_bucket_trains_on_its_node_and_resumes_on_another(tmp_path, b
   log = (bucket / 'sweep/run/train.log').read_text()  # Both attempts, the first copied down first.
   assert log.count('\n=== ') == 2 and 'SIGTERM: saved step 3' in log and 'resumed from step 3' in log
   assert str(tmp_path / 'another_node') in log  # argv's --workdir became the staging folder.
+  assert not os.path.exists(remote.staging_dir(run_dir))  # Finished: its staging folder is gone.
+  with pytest.raises(ValueError, match="no argument 'gs://b/sweep/other'"):
+    ray_backend.run_on_node(argv, 'gs://b/sweep/other/train.log')
 
 
 def test_the_ledger_keeps_its_status_file_in_the_bucket_and_the_fit_reads_a_mirror(tmp_path, bucket):
@@ -110,6 +125,26 @@ def test_the_ledger_keeps_its_status_file_in_the_bucket_and_the_fit_reads_a_mirr
   mirror_of = remote.mirror_results('gs://b/sweep', ['done', 'new'])
   assert mirror_of == here and sorted(os.listdir(os.path.join(here, 'done'))) == ['curve.json', 'summary.json']
   assert remote.push_tree(os.path.join(here, 'done'), 'gs://b/sweep/fit') == 2
+
+
+def test_a_slice_attempt_counts_a_lost_host_first_then_exit_75_then_the_first_failure():
+  ok, bad, spot = ({'exit': s} for s in (0, 1, 75))
+  rank = ray_backend._slice_outcome
+  assert rank([(1, bad, '', ''), (0, None, 'NodeDiedError: gone', '')], 2) == (
+      0, None, 'host 0 of 2: NodeDiedError: gone', '')
+  assert rank([(0, bad, '', ''), (1, spot, '', '')], 2)[:2] == (1, 75)
+  assert rank([(1, None, '', 'OSError: no NFS'), (0, None, '', 'cancelled')], 2) == (1, None, '', 'OSError: no NFS')
+  assert rank([(1, bad, '', ''), (0, None, '', 'cancelled')], 2) == (1, 1, '', '')
+  assert rank([(0, ok, '', ''), (1, ok, '', '')], 2) == (0, 0, '', '')
+
+
+def test_a_missing_bucket_is_refused_not_created(tmp_path, bucket, capsys):
+  with pytest.raises(FileNotFoundError, match='bucket gs://nope does not exist'):
+    remote.makedirs('gs://nope/sweep')
+  assert not (bucket.parent / 'nope').exists()
+  assert sweep_lib.main(['--config', write_sweep(tmp_path), '--workdir', 'gs://nope/sweep',
+                         '--backend', 'ray', '--no-fit']) == 2
+  assert 'bucket gs://nope does not exist' in capsys.readouterr().err
 
 
 def test_sweeps_that_cannot_use_a_bucket_are_refused(tmp_path, capsys):

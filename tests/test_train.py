@@ -143,19 +143,26 @@ def test_cooldown_branch_equals_a_run_trained_to_its_length(tmp_path):
     loop.run(fraction, str(tmp_path / 'fraction'))
 
 
-@pytest.mark.parametrize('k', [4, 0])
-def test_several_steps_per_call_equal_one_step_per_call(tmp_path, k):
-  """K steps in one lax.scan call (or K chosen automatically) train exactly like K = 1."""
-  def cfg(steps_per_call):
-    c = small_config(steps=22)
-    c.train.update(dict(steps_per_call=steps_per_call, log_every=1, eval_every=10,
-                        checkpoint_every=7))
-    return c
+def _per_call_config(steps_per_call):
+  c = small_config(steps=22)
+  c.train.update(dict(steps_per_call=steps_per_call, log_every=1, eval_every=10, checkpoint_every=7))
+  return c
 
-  one = loop.run(cfg(1), str(tmp_path / 'one'))
-  many = loop.run(cfg(k), str(tmp_path / 'many'))
-  rows = lambda d: json.load(open(os.path.join(d, 'curve.json')))
-  got, want = rows(tmp_path / 'many'), rows(tmp_path / 'one')
+
+@pytest.fixture(scope='module')
+def one_step_per_call(tmp_path_factory):
+  """(summary, curve rows) of the K = 1 run that both K cases compare with."""
+  workdir = str(tmp_path_factory.mktemp('one_per_call'))
+  summary = loop.run(_per_call_config(1), workdir)
+  return summary, json.load(open(os.path.join(workdir, 'curve.json')))
+
+
+@pytest.mark.parametrize('k', [4, 0])
+def test_several_steps_per_call_equal_one_step_per_call(tmp_path, k, one_step_per_call):
+  """K steps in one lax.scan call (or K chosen automatically) train exactly like K = 1."""
+  one, want = one_step_per_call
+  many = loop.run(_per_call_config(k), str(tmp_path / 'many'))
+  got = json.load(open(os.path.join(tmp_path / 'many', 'curve.json')))
   assert [r['step'] for r in got] == [r['step'] for r in want]  # Every row, none twice.
   # On CPU the scanned step is the same program per step: equal to float32 round-off.
   np.testing.assert_allclose([r['train_loss'] for r in got], [r['train_loss'] for r in want],
