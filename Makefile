@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum setup.py | cut -d' ' -f1)
 
-.PHONY: demo test test-llamacpp install clean
+.PHONY: demo test test-long test-llamacpp install clean
 
 install: $(STAMP)
 
@@ -21,7 +21,11 @@ demo: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m launch.demo --workdir runs/isoflop_cpu
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q -m 'not long' --durations=25
+
+# Opt-in: the tests marked long (over ~20 s each, with a faster test of their code path in `test`).
+test-long: $(STAMP)
+	$(PY) -m pytest -q -m long --durations=0
 
 # Opt-in: llama-cpp-python compiles llama.cpp from source (CMAKE_BUILD_PARALLEL_LEVEL sets the
 # compile jobs), then the tests marked llamacpp run the GGUF exports in it.

@@ -23,6 +23,8 @@ def pytest_configure(config):
   config.addinivalue_line(
       'markers', 'network: fetches from package registries (pip/npm); skipped when that is impossible.')
   config.addinivalue_line('markers', 'slow: multi-process or long training runs.')
+  config.addinivalue_line('markers', 'long: over ~20 s and with a faster test of the same code path in '
+                          '`make test`; opt-in: `make test-long` (pytest -m long).')
   config.addinivalue_line('markers', "tpu_aot: compiles for TPU topologies with libtpu "
                           "(pip install -e '.[tpu-aot]'); skipped without it.")
 

@@ -63,6 +63,7 @@ def test_two_processes_match_one_process(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # The one-process SIGTERM test (test_faults.py) and two_processes_match above stay in.
 def test_sigterm_stops_both_processes_at_one_step_and_they_resume(tmp_path):
   """Preemption across hosts: JAX's preemption sync point makes every process save the same step."""
   long = ['--config.train.steps=100', '--config.train.eval_every=100', '--config.train.log_every=1',

@@ -272,6 +272,7 @@ TWO_HOSTS = ['--config.model.vocab_size=64', '--config.model.d_model=32', '--con
              '--config.mesh.data=2', '--config.mesh.fsdp=-1']
 
 
+@pytest.mark.long  # The stand-in slice test below runs run_on_slice in `make test`.
 def test_a_run_of_two_hosts_trains_as_two_joined_processes(tmp_path, cluster):
   workdir = tmp_path / 'sweep'
   argv = ['env', 'XLA_FLAGS=--xla_force_host_platform_device_count=2',  # 2 CPU devices per "host".
